@@ -1,0 +1,89 @@
+/* sandbox.h - hardened Linux sandboxes: one per execution environment.
+ *
+ * A sandbox is a process tree in its own user, mount, pid, ipc, uts,
+ * network and cgroup namespaces, pivot_root'ed into a read-only root built
+ * from the host's /usr (the runtimes' interpreters), with the function's
+ * code read-only at /var/task, flicker's runtime clients read-only at
+ * /var/runtime, and a private /tmp of the requested size.  It has no
+ * capabilities, no_new_privs, a seccomp deny-list, and cgroup limits on
+ * memory (= MemorySize), CPU (in proportion to memory, as Lambda) and pids.
+ * Its network namespace has only loopback: the Runtime API listening socket
+ * (127.0.0.1:9001 inside) is created inside the namespace and handed back to
+ * the worker, which serves it; nothing else is reachable.
+ *
+ * PID 1 inside is flicker-init (static): it starts the runtime, reaps
+ * orphans, and exits with the runtime's status (128+signal if killed), which
+ * tears the whole pid namespace down.
+ *
+ * cgroup v1 (controllers memory, cpu, pids, freezer) and v2 (unified) are
+ * both supported; the backend is chosen by sandbox_system_init().
+ *
+ * Not thread-safe per sandbox; different sandboxes may be used from
+ * different threads. */
+#ifndef FLICKER_SANDBOX_H
+#define FLICKER_SANDBOX_H
+#include <stdint.h>
+#include <sys/types.h>
+#include "common/err.h"
+
+typedef struct sandbox_spec {
+    const char *id;           /* unique, [A-Za-z0-9_-]{1,64}: names the cgroups */
+    const char *code_dir;     /* host dir mounted read-only at /var/task */
+    const char *runtime_dir;  /* host dir mounted read-only at /var/runtime (or NULL) */
+    int memory_mb;            /* memory limit (MemorySize) */
+    int ephemeral_mb;         /* size of /tmp */
+    int pids_max;             /* pids limit (0 = default 1024) */
+    char *const *argv;        /* program to run inside, as seen inside */
+    char *const *envp;        /* its complete environment */
+} sandbox_spec_t;
+
+typedef struct sandbox sandbox_t;
+
+/* One-time setup for this host: finds the cgroup version, creates the
+ * parent cgroup "flicker" (or reuses it), kills and removes any sandbox left
+ * by a previous run (kill -9 recovery).  init_path is the host path of the
+ * static flicker-init binary.  Returns 0 or -1/err. */
+int sandbox_system_init(const char *init_path, err_t *err);
+/* Which cgroup backend is in use: "v1" or "v2" (after system init). */
+const char *sandbox_cgroup_version(void);
+
+/* Creates and starts a sandbox running spec->argv.  On success *out is a
+ * running sandbox whose runtime may already be executing.  On failure
+ * nothing is left behind (no process, cgroup or mount). */
+int sandbox_create(const sandbox_spec_t *spec, sandbox_t **out, err_t *err);
+
+/* The listening socket of the Runtime API (127.0.0.1:9001 inside the
+ * sandbox's netns), non-blocking; owned by the sandbox until
+ * sandbox_destroy (the caller may serve it but must not close it). */
+int sandbox_api_fd(const sandbox_t *sb);
+/* Read end of the pipe carrying the runtime's stdout and stderr (merged),
+ * non-blocking; owned by the sandbox. */
+int sandbox_output_fd(const sandbox_t *sb);
+/* A pidfd for PID 1 of the sandbox: readable when the sandbox has exited. */
+int sandbox_pidfd(const sandbox_t *sb);
+/* Host pid of the sandbox's PID 1. */
+pid_t sandbox_pid(const sandbox_t *sb);
+
+/* After sandbox_pidfd is readable: reaps PID 1 and returns its wait status
+ * in *status.  Returns 1 when reaped, 0 when still running, -1/err. */
+int sandbox_reap(sandbox_t *sb, int *status, err_t *err);
+
+/* Freezes / thaws every process of the sandbox (cgroup freezer). */
+int sandbox_freeze(sandbox_t *sb, err_t *err);
+int sandbox_thaw(sandbox_t *sb, err_t *err);
+
+/* Peak memory use since the last sandbox_reset_peak (or creation), bytes. */
+uint64_t sandbox_memory_peak(sandbox_t *sb);
+void sandbox_reset_peak(sandbox_t *sb);
+/* Number of OOM kills in the sandbox's memory cgroup since creation. */
+int sandbox_oom_kills(sandbox_t *sb);
+
+/* Kills every process (SIGKILL), reaps PID 1, removes cgroups and frees
+ * everything.  Always succeeds in freeing sb; returns -1/err if some
+ * kernel object could not be removed (it is logged and retried at the next
+ * sandbox_system_init). */
+int sandbox_destroy(sandbox_t *sb, err_t *err);
+
+/* Number of sandboxes alive in this process. */
+int sandbox_count(void);
+#endif
