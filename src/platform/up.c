@@ -1,3 +1,379 @@
-/* up.c - placeholder. */
+/* up.c - `flicker up`: every role on this host, in one process.
+ *
+ * Wires the roles together around one libevent loop: store (SQLite + code
+ * blobs under --data), a worker (sandboxes), placement (the fleet: this
+ * worker), assignment (environment table + concurrency), and the frontend
+ * (the public endpoint).  Holds an exclusive lock on the data directory so
+ * two platforms never share it.  SIGINT/SIGTERM stop it: the listener
+ * closes, in-flight invocations get a grace period, then every environment
+ * is destroyed (no process, cgroup or mount survives) and it exits 0.
+ *
+ * Credentials: FLICKER_ACCESS_KEY_ID / FLICKER_SECRET_ACCESS_KEY, else
+ * DATA/credentials (AWS shared-credentials format), generated on first run. */
 #include "platform/up.h"
-int up_main(int argc, char **argv) { (void)argc; (void)argv; return 1; }
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+#include "assignment/assignment.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "common/version.h"
+#include "frontend/frontend.h"
+#include "placement/placement.h"
+#include "store/store.h"
+#include "worker/fnlog.h"
+#include "worker/sandbox.h"
+#include "worker/worker.h"
+
+typedef struct up_options {
+    char host[256];
+    int port;
+    const char *data;
+    bool no_auth;
+    int keep_alive_s;
+    int account_concurrency;
+    const char *region;
+    const char *account_id;
+    int grace_s;
+} up_options_t;
+
+typedef struct platform {
+    struct event_base *base;
+    frontend_t *frontend;
+    struct event *grace_timer;
+    uint64_t stop_deadline_ms;
+    bool stopping;
+    int grace_s;
+} platform_t;
+
+static void usage(void)
+{
+    printf("usage: flicker up [options]\n"
+           "  --listen ADDR:PORT        endpoint (default 127.0.0.1:9000)\n"
+           "  --data DIR                data directory (default ./.flicker)\n"
+           "  --no-auth                 accept unsigned requests (local play only)\n"
+           "  --keep-alive SECONDS      idle environments live this long (default 600)\n"
+           "  --account-concurrency N   account concurrency limit (default 1000)\n"
+           "  --region REGION           region in ARNs (default us-east-1)\n"
+           "  --grace SECONDS           on stop, wait this long for in-flight invokes (default 5)\n"
+           "  --verbose                 debug logging\n");
+}
+
+static int parse_listen(const char *s, up_options_t *o)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon) {
+        snprintf(o->host, sizeof o->host, "127.0.0.1");
+        o->port = atoi(s);
+    } else {
+        snprintf(o->host, sizeof o->host, "%.*s", (int)(colon - s), s);
+        o->port = atoi(colon + 1);
+    }
+    return o->port >= 0 && o->port < 65536 ? 0 : -1;
+}
+
+/* The directory holding this binary (to find runtimes/ and flicker-init). */
+static char *exe_dir(void)
+{
+    char buf[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0)
+        return xstrdup(".");
+    buf[n] = 0;
+    char *slash = strrchr(buf, '/');
+    if (slash)
+        *slash = 0;
+    return xstrdup(buf);
+}
+
+static char *find_runtimes(const char *bindir)
+{
+    const char *env = getenv("FLICKER_RUNTIMES");
+    if (env)
+        return xstrdup(env);
+    const char *tries[] = {"../runtimes", "../../runtimes", "../share/flicker/runtimes"};
+    for (size_t i = 0; i < ARRAY_LEN(tries); i++) {
+        char *p = xasprintf("%s/%s", bindir, tries[i]);
+        char real[PATH_MAX];
+        if (realpath(p, real)) {
+            free(p);
+            return xstrdup(real);
+        }
+        free(p);
+    }
+    return NULL;
+}
+
+static void random_token(char *out, size_t n, const char *alphabet)
+{
+    size_t k = strlen(alphabet);
+    unsigned char r[128];
+    random_bytes(r, n);
+    for (size_t i = 0; i < n; i++)
+        out[i] = alphabet[r[i] % k];
+    out[n] = 0;
+}
+
+/* Loads or creates DATA/credentials.  Returns 0 or -1/err. */
+static int load_credentials(const char *data, char **akid, char **secret, bool *generated, err_t *err)
+{
+    const char *ea = getenv("FLICKER_ACCESS_KEY_ID"), *es = getenv("FLICKER_SECRET_ACCESS_KEY");
+    *generated = false;
+    if (ea && *ea && es && *es) {
+        *akid = xstrdup(ea);
+        *secret = xstrdup(es);
+        return 0;
+    }
+    char *path = xasprintf("%s/credentials", data);
+    char *text = read_file(path, 65536, NULL, NULL);
+    if (text) {
+        char a[256] = "", s[256] = "";
+        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+            sscanf(line, " aws_access_key_id = %255s", a);
+            sscanf(line, " aws_secret_access_key = %255s", s);
+        }
+        free(text);
+        if (*a && *s) {
+            *akid = xstrdup(a);
+            *secret = xstrdup(s);
+            free(path);
+            return 0;
+        }
+    }
+    char a[21] = "AKIA", s[41];
+    random_token(a + 4, 16, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567");
+    random_token(s, 40, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/");
+    char *content = xasprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", a, s);
+    int rc = write_file_atomic(path, content, strlen(content), 0600, err);
+    free(content);
+    free(path);
+    if (rc < 0)
+        return -1;
+    *akid = xstrdup(a);
+    *secret = xstrdup(s);
+    *generated = true;
+    return 0;
+}
+
+static void finish_stop(platform_t *p)
+{
+    event_base_loopexit(p->base, NULL);
+}
+
+static void on_grace(evutil_socket_t fd, short what, void *arg)
+{
+    platform_t *p = arg;
+    if (frontend_in_flight(p->frontend) == 0 || now_mono_ms() >= p->stop_deadline_ms) {
+        finish_stop(p);
+        return;
+    }
+    struct timeval tv = {.tv_usec = 50000};
+    evtimer_add(p->grace_timer, &tv);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    platform_t *p = arg;
+    if (p->stopping) {
+        log_warn("up", "second signal: stopping now");
+        finish_stop(p);
+        return;
+    }
+    p->stopping = true;
+    log_info("up", "%s: stopping (in-flight invocations: %d)", strsignal((int)sig),
+             frontend_in_flight(p->frontend));
+    frontend_stop_listening(p->frontend);
+    p->stop_deadline_ms = now_mono_ms() + (uint64_t)p->grace_s * 1000u;
+    on_grace(-1, 0, p);
+}
+
+int up_main(int argc, char **argv)
+{
+    up_options_t o = {.host = "127.0.0.1", .port = 9000, .data = "./.flicker", .keep_alive_s = 600,
+                      .account_concurrency = 1000, .region = "us-east-1",
+                      .account_id = "000000000000", .grace_s = 5};
+    static const struct option opts[] = {
+        {"listen", required_argument, 0, 'l'},   {"data", required_argument, 0, 'd'},
+        {"no-auth", no_argument, 0, 'n'},        {"keep-alive", required_argument, 0, 'k'},
+        {"account-concurrency", required_argument, 0, 'c'},
+        {"region", required_argument, 0, 'r'},   {"grace", required_argument, 0, 'g'},
+        {"verbose", no_argument, 0, 'v'},        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'l':
+            if (parse_listen(optarg, &o) < 0) {
+                fprintf(stderr, "flicker up: bad --listen %s\n", optarg);
+                return 2;
+            }
+            break;
+        case 'd': o.data = optarg; break;
+        case 'n': o.no_auth = true; break;
+        case 'k': o.keep_alive_s = atoi(optarg); break;
+        case 'c': o.account_concurrency = atoi(optarg); break;
+        case 'r': o.region = optarg; break;
+        case 'g': o.grace_s = atoi(optarg); break;
+        case 'v': log_set_level(LOG_DEBUG); break;
+        case 'h': usage(); return 0;
+        default: usage(); return 2;
+        }
+    }
+    if (o.keep_alive_s < 1 || o.account_concurrency < 1 || o.grace_s < 0) {
+        fprintf(stderr, "flicker up: --keep-alive, --account-concurrency must be >= 1\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    err_t err = {0};
+    char data[PATH_MAX];
+    if (mkdir_p(o.data, 0700, &err) < 0 || !realpath(o.data, data)) {
+        fprintf(stderr, "flicker up: data directory %s: %s\n", o.data, err.msg[0] ? err.msg : strerror(errno));
+        return 1;
+    }
+    char *lock_path = xasprintf("%s/flicker.lock", data);
+    int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    free(lock_path);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        fprintf(stderr, "flicker up: %s is in use by another flicker (lock held)\n", data);
+        return 1;
+    }
+
+    char *bindir = exe_dir();
+    char *init_path = xasprintf("%s/flicker-init", bindir);
+    char *runtimes = find_runtimes(bindir);
+    free(bindir);
+    char *akid = NULL, *secret = NULL;
+    bool generated = false;
+    int rc = 1;
+    store_t *store = NULL;
+    fnlog_dir_t *logs = NULL;
+    worker_t *worker = NULL;
+    placement_t *placement = NULL;
+    assignment_t *assignment = NULL;
+    frontend_t *fe = NULL;
+    struct event_base *base = NULL;
+    platform_t p = {0};
+    struct event *sigint = NULL, *sigterm = NULL;
+
+    if (!runtimes) {
+        log_error("up", "cannot find the runtimes directory next to the binary (set FLICKER_RUNTIMES)");
+        goto out;
+    }
+    if (!o.no_auth && load_credentials(data, &akid, &secret, &generated, &err) < 0) {
+        log_error("up", "credentials: %s", err.msg);
+        goto out;
+    }
+    if (sandbox_system_init(init_path, &err) < 0) {
+        log_error("up", "sandboxes unavailable: %s", err.msg);
+        goto out;
+    }
+    store = store_open(data, o.region, o.account_id, &err);
+    if (!store) {
+        log_error("up", "store: %s", err.msg);
+        goto out;
+    }
+    char *log_dir = xasprintf("%s/logs", data);
+    logs = fnlog_open(log_dir, &err);
+    free(log_dir);
+    if (!logs) {
+        log_error("up", "logs: %s", err.msg);
+        goto out;
+    }
+    base = event_base_new();
+    struct sysinfo si;
+    sysinfo(&si);
+    int host_mb = (int)((uint64_t)si.totalram * si.mem_unit >> 20);
+    worker_config_t wc = {
+        .id = "worker-1",
+        .zone = "local-a",
+        .runtimes_dir = runtimes,
+        .region = o.region,
+        /* Memory limits are ceilings, not reservations: most functions use a
+         * fraction of MemorySize, so offer several times the host's RAM. */
+        .memory_mb = host_mb * 4,
+        .cpus = (int)sysconf(_SC_NPROCESSORS_ONLN),
+        .init_timeout_s = 10,
+        .logs = logs,
+    };
+    worker = worker_new(base, &wc, &err);
+    placement = placement_new();
+    placement_register(placement, worker);
+    assignment_config_t ac = {.account_concurrency = o.account_concurrency,
+                              .keep_alive_s = o.keep_alive_s};
+    assignment = assignment_new(base, placement, &ac);
+    frontend_config_t fc = {
+        .listen_host = o.host,
+        .listen_port = o.port,
+        .region = o.region,
+        .account_id = o.account_id,
+        .no_auth = o.no_auth,
+        .access_key_id = akid,
+        .secret_access_key = secret,
+        .account_concurrency = o.account_concurrency,
+    };
+    fe = frontend_new(base, &fc, store, assignment, placement, logs, &err);
+    if (!fe) {
+        log_error("up", "%s", err.msg);
+        goto out;
+    }
+    p.base = base;
+    p.frontend = fe;
+    p.grace_s = o.grace_s;
+    p.grace_timer = evtimer_new(base, on_grace, &p);
+    sigint = evsignal_new(base, SIGINT, on_signal, &p);
+    sigterm = evsignal_new(base, SIGTERM, on_signal, &p);
+    event_add(sigint, NULL);
+    event_add(sigterm, NULL);
+
+    log_info("up", "flicker %s listening on http://%s:%d (data %s, sandboxes on cgroup %s)",
+             FLICKER_VERSION, o.host, frontend_port(fe), data, sandbox_cgroup_version());
+    if (o.no_auth)
+        log_warn("up", "--no-auth: requests are not authenticated");
+    else if (generated)
+        log_info("up", "generated credentials in %s/credentials: aws_access_key_id=%s", data, akid);
+    else
+        log_info("up", "access key id %s", akid);
+    fflush(stdout);
+
+    event_base_dispatch(base);
+    rc = 0;
+
+out:
+    /* Environments first (silently: no callbacks into the frontend). */
+    assignment_free(assignment);
+    worker_free(worker);
+    frontend_free(fe);
+    placement_free(placement);
+    if (p.grace_timer)
+        event_free(p.grace_timer);
+    if (sigint)
+        event_free(sigint);
+    if (sigterm)
+        event_free(sigterm);
+    if (base)
+        event_base_free(base);
+    fnlog_close(logs);
+    store_close(store);
+    free(akid);
+    free(secret);
+    free(init_path);
+    free(runtimes);
+    if (lock_fd >= 0)
+        close(lock_fd);
+    if (rc == 0)
+        log_info("up", "stopped");
+    return rc;
+}
