@@ -57,6 +57,22 @@ test:
 bench: all
 	/usr/bin/python3 bench/run.py --build $(BUILD)
 
+# libFuzzer targets: fuzz/fuzz_*.c, each linked with the library sources
+# built by clang with ASan+UBSan; `make fuzz` builds them and runs each for
+# FUZZ_SECONDS (default 20) from its corpus directory.
+FUZZ_SRC     := $(sort $(wildcard fuzz/fuzz_*.c))
+FUZZ_BIN     := $(FUZZ_SRC:fuzz/%.c=build/fuzz/%)
+FUZZ_SECONDS ?= 20
+build/fuzz/%: fuzz/%.c $(LIB_SRC)
+	@mkdir -p $(dir $@)
+	clang -std=gnu11 -g -O1 -D_GNU_SOURCE -Isrc -fsanitize=fuzzer,address,undefined \
+	  $(shell pkg-config --cflags $(PKGS)) -o $@ $< $(LIB_SRC) $(LDLIBS)
+fuzz: $(FUZZ_BIN)
+	@for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p build/fuzz/corpus/$$n; \
+	  echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus/$$n \
+	    $$( [ -d fuzz/corpus/$$n ] && echo fuzz/corpus/$$n ) || exit 1; done
+
 clean:
 	rm -rf build
 
