@@ -22,6 +22,7 @@
 #include "common/sigv4.h"
 #include "common/util.h"
 #include "common/version.h"
+#include "frontend/async_queue.h"
 #include "frontend/control.h"
 #include "worker/sandbox.h"
 
@@ -30,6 +31,11 @@
 #define MAX_BODY (80u << 20)           /* a 50 MB zip, base64'd, plus JSON */
 #define LOG_FOLLOW_WAIT_MS 20000
 #define LOG_READ_MAX (1u << 20)
+#define ASYNC_PAYLOAD_LIMIT 1048576    /* Event payload (Lambda: 1 MB since 2025) */
+#define ASYNC_MAX_RUNNING 64           /* events dispatched at once */
+#define ASYNC_BACKOFF_MAX_MS (5 * 60 * 1000)
+
+enum async_outcome { ASYNC_SUCCESS, ASYNC_FUNCTION_ERROR, ASYNC_THROTTLED };
 
 typedef struct invocation {
     frontend_t *fe;
@@ -43,6 +49,7 @@ typedef struct invocation {
     bool tail;
     acquire_t *acquire;           /* while waiting for an environment */
     env_t *env;                   /* while the event runs */
+    async_event_t *async;         /* set for an Event invocation from the queue */
     struct invocation *next, *prev;
 } invocation_t;
 
@@ -72,7 +79,11 @@ struct frontend {
     uint64_t started_ms;
     bool closing;
     control_config_t control;
+    async_queue_t *async;
+    struct event *async_timer;
 };
+
+static void async_outcome(invocation_t *inv, enum async_outcome outcome);
 
 /* ------------------------------------------------------------- replies */
 
@@ -133,6 +144,10 @@ static void invocation_free(invocation_t *inv)
     free(inv->payload);
     free(inv->client_context);
     free(inv->invoked_arn);
+    if (inv->async) {
+        async_event_clear(inv->async);
+        free(inv->async);
+    }
     free(inv);
 }
 
@@ -174,6 +189,8 @@ static void on_invoke_done(env_t *env, const invoke_result_t *r, void *arg)
 {
     invocation_t *inv = arg;
     reply_result(inv, r, r->status != INVOKE_OK);
+    if (inv->async)
+        async_outcome(inv, r->status == INVOKE_OK ? ASYNC_SUCCESS : ASYNC_FUNCTION_ERROR);
     assignment_release(inv->fe->assignment, env);
     invocation_free(inv);
 }
@@ -197,6 +214,8 @@ static void on_acquired(const acquire_result_t *r, void *arg)
     }
     case ACQUIRE_THROTTLED:
     case ACQUIRE_NO_CAPACITY:
+        if (inv->async)
+            async_outcome(inv, ASYNC_THROTTLED);
         if (inv->req) {
             evhttp_connection_set_closecb(evhttp_request_get_connection(inv->req), NULL, NULL);
             set_header(inv->req, "Retry-After", "1");
@@ -205,9 +224,14 @@ static void on_acquired(const acquire_result_t *r, void *arg)
         }
         break;
     case ACQUIRE_INIT_FAILED:
+        if (inv->async)
+            async_outcome(inv, ASYNC_FUNCTION_ERROR);
         reply_result(inv, r->init, true);
         break;
     case ACQUIRE_FAILED:
+        if (inv->async)
+            async_outcome(inv, strncmp(r->message, "Couldn't find valid bootstrap", 29)
+                                   ? ASYNC_THROTTLED : ASYNC_FUNCTION_ERROR);
         if (inv->req && !strncmp(r->message, "Couldn't find valid bootstrap", 29)) {
             char *body = xasprintf("{\"errorType\":\"Runtime.InvalidEntrypoint\",\"errorMessage\":"
                                    "\"RequestId: %s Error: %s\"}",
@@ -292,14 +316,6 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
         evhttp_send_reply(req, 204, "No Content", NULL);
         return;
     }
-    if (!strcmp(type, "Event")) {
-        free(client_context);
-        fn_config_free(cfg);
-        send_error(req, 400, "InvalidParameterValueException", NULL,
-                   "Asynchronous invocation (InvocationType Event) is not available in this "
-                   "version of flicker yet; use RequestResponse");
-        return;
-    }
     /* Lambda only accepts JSON payloads; an empty one is the event {}. */
     const char *data = (const char *)evbuffer_pullup(body, -1);
     if (len > 0) {
@@ -313,6 +329,29 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
             return;
         }
         json_decref(j);
+    }
+    if (!strcmp(type, "Event")) {
+        free(client_context);
+        if (len > ASYNC_PAYLOAD_LIMIT) {
+            fn_config_free(cfg);
+            send_error(req, 413, "RequestTooLargeException", NULL,
+                       "Request must be smaller than %d bytes for the InvokeFunction operation",
+                       ASYNC_PAYLOAD_LIMIT);
+            return;
+        }
+        err_t aerr = {0};
+        /* Queue the resolved version so a later alias change doesn't move it. */
+        int qrc = async_push(fe->async, request_id, cfg->name, cfg->version, len ? data : "{}",
+                             len ? len : 2, &aerr);
+        fn_config_free(cfg);
+        if (qrc < 0) {
+            log_error("frontend", "queueing event %s: %s", request_id, aerr.msg);
+            send_error(req, 500, "ServiceException", NULL, "The event could not be queued");
+            return;
+        }
+        evhttp_send_reply(req, 202, "Accepted", NULL);
+        event_active(fe->async_timer, 0, 0);
+        return;
     }
 
     invocation_t *inv = xcalloc(1, sizeof *inv);
@@ -341,6 +380,91 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
     evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_client_gone, inv);
     inv->acquire = assignment_acquire(fe->assignment, cfg, store_total_reserved(fe->store),
                                       on_acquired, inv);
+}
+
+
+/* ------------------------------------------------------ async dispatch */
+
+static void schedule_async(frontend_t *fe)
+{
+    int64_t due = async_next_due_in(fe->async, now_wall_ms());
+    if (due < 0)
+        return;
+    if (due > 1000)
+        due = 1000;
+    struct timeval tv = {.tv_sec = due / 1000, .tv_usec = (due % 1000) * 1000};
+    evtimer_add(fe->async_timer, &tv);
+}
+
+/* Records what happened to a queued event: removes it or schedules the
+ * next attempt (see async_queue.h for the retry rules). */
+static void async_outcome(invocation_t *inv, enum async_outcome outcome)
+{
+    frontend_t *fe = inv->fe;
+    async_event_t *ev = inv->async;
+    uint64_t now = now_wall_ms();
+    uint64_t age_ms = now > ev->received_ms ? now - ev->received_ms : 0;
+    int attempt = ev->attempts + 1; /* this one */
+    if (outcome == ASYNC_SUCCESS) {
+        async_done(fe->async, ev);
+    } else if (outcome == ASYNC_FUNCTION_ERROR) {
+        if (attempt > fe->cfg.async_max_retries) {
+            log_info("async", "event %s for %s failed %d time(s): dropped", ev->id, ev->function, attempt);
+            async_done(fe->async, ev);
+        } else {
+            int delay = fe->cfg.async_retry_delays_s[attempt > 1 ? 1 : 0];
+            async_retry(fe->async, ev, now + (uint64_t)delay * 1000u);
+        }
+    } else {
+        uint64_t backoff = 1000u << (attempt > 9 ? 9 : attempt - 1);
+        if (backoff > ASYNC_BACKOFF_MAX_MS)
+            backoff = ASYNC_BACKOFF_MAX_MS;
+        if (age_ms + backoff > (uint64_t)fe->cfg.async_max_age_s * 1000u) {
+            log_info("async", "event %s for %s older than %d s: dropped", ev->id, ev->function,
+                     fe->cfg.async_max_age_s);
+            async_done(fe->async, ev);
+        } else {
+            async_retry(fe->async, ev, now + backoff);
+        }
+    }
+    schedule_async(fe);
+}
+
+static void on_async_timer(evutil_socket_t fd, short what, void *arg)
+{
+    frontend_t *fe = arg;
+    int running, queued;
+    uint64_t oldest;
+    async_stats(fe->async, now_wall_ms(), &queued, &running, &oldest);
+    int room = ASYNC_MAX_RUNNING - running;
+    async_event_t evs[ASYNC_MAX_RUNNING];
+    int n = room > 0 ? async_take_due(fe->async, now_wall_ms(), evs, room) : 0;
+    for (int i = 0; i < n; i++) {
+        invocation_t *inv = xcalloc(1, sizeof *inv);
+        inv->fe = fe;
+        inv->async = xmalloc(sizeof *inv->async);
+        *inv->async = evs[i];
+        snprintf(inv->request_id, sizeof inv->request_id, "%.36s", evs[i].id);
+        inv->next = fe->invocations;
+        if (fe->invocations)
+            fe->invocations->prev = inv;
+        fe->invocations = inv;
+        fe->in_flight++;
+        err_t err = {0};
+        if (store_resolve(fe->store, evs[i].function, evs[i].qualifier, &inv->cfg, &err) < 0) {
+            log_info("async", "event %s: %s: dropped", evs[i].id, err.msg);
+            async_done(fe->async, inv->async);
+            invocation_free(inv);
+            continue;
+        }
+        inv->payload = xmalloc(evs[i].payload_len + 1);
+        memcpy(inv->payload, evs[i].payload, evs[i].payload_len);
+        inv->payload_len = evs[i].payload_len;
+        inv->invoked_arn = xasprintf("%s:%s", inv->cfg->arn, inv->cfg->version);
+        inv->acquire = assignment_acquire(fe->assignment, inv->cfg, store_total_reserved(fe->store),
+                                          on_acquired, inv);
+    }
+    schedule_async(fe);
 }
 
 /* ----------------------------------------------------- /flicker/ paths */
@@ -442,16 +566,20 @@ static void serve_logs(frontend_t *fe, struct evhttp_request *req, const char *n
 
 static void serve_status(frontend_t *fe, struct evhttp_request *req)
 {
+    int queued, running;
+    uint64_t oldest;
+    async_stats(fe->async, now_wall_ms(), &queued, &running, &oldest);
     json_t *workers = json_array();
     for (int i = 0; i < placement_count(fe->placement); i++)
         json_array_append_new(workers, worker_status(placement_worker(fe->placement, i)));
-    json_t *st = json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:b,s:o,s:o,s:{s:i}}", "version",
+    json_t *st = json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:b,s:o,s:o,s:{s:i},s:{s:i,s:i,s:I}}", "version",
                            FLICKER_VERSION, "mode", "embedded", "uptime_s",
                            (json_int_t)((now_mono_ms() - fe->started_ms) / 1000), "region",
                            fe->cfg.region, "account_id", fe->cfg.account_id, "cgroup",
                            sandbox_cgroup_version(), "auth", !fe->cfg.no_auth, "assignment",
                            assignment_status(fe->assignment), "workers", workers, "frontend",
-                           "invocations_in_flight", fe->in_flight);
+                           "invocations_in_flight", fe->in_flight, "async", "queued", queued,
+                           "running", running, "oldest_age_ms", (json_int_t)oldest);
     send_json(req, 200, NULL, st);
     json_decref(st);
 }
@@ -638,6 +766,14 @@ frontend_t *frontend_new(struct event_base *base, const frontend_config_t *cfg, 
         .on_change = on_function_changed,
         .on_change_arg = fe,
     };
+    char *data_dir = xstrdup(cfg->data_dir);
+    fe->async = async_open(data_dir, err);
+    free(data_dir);
+    if (!fe->async) {
+        free(fe);
+        return NULL;
+    }
+    fe->async_timer = evtimer_new(base, on_async_timer, fe);
     fe->http = evhttp_new(base);
     evhttp_set_max_body_size(fe->http, MAX_BODY);
     evhttp_set_timeout(fe->http, 3600);
@@ -648,6 +784,8 @@ frontend_t *frontend_new(struct event_base *base, const frontend_config_t *cfg, 
     if (!fe->bound) {
         err_sys(err, "cannot listen on %s:%d", cfg->listen_host, cfg->listen_port);
         evhttp_free(fe->http);
+        event_free(fe->async_timer);
+        async_close(fe->async);
         free(fe);
         return NULL;
     }
@@ -655,6 +793,7 @@ frontend_t *frontend_new(struct event_base *base, const frontend_config_t *cfg, 
     socklen_t sl = sizeof ss;
     getsockname(evhttp_bound_socket_get_fd(fe->bound), (struct sockaddr *)&ss, &sl);
     fe->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    event_active(fe->async_timer, 0, 0); /* events left by a previous run */
     return fe;
 }
 
@@ -683,5 +822,7 @@ void frontend_free(frontend_t *fe)
         fe->polls->req = NULL;
         log_poll_free(fe->polls);
     }
+    event_free(fe->async_timer);
+    async_close(fe->async);
     free(fe);
 }

@@ -2,6 +2,8 @@
  *
  * Serves the Lambda REST-JSON API (control plane via frontend/control.c,
  * Invoke here) and flicker's own /flicker/ paths (health, status, logs).
+ * Event invokes are queued durably (frontend/async_queue.h) and
+ * dispatched from the queue through the same path, with Lambda's retries.
  * Every request but /flicker/health is authenticated with SigV4 unless
  * auth is off.  Invoke resolves the function, checks payload limits, asks
  * assignment for an environment (which throttles over the concurrency
@@ -30,6 +32,10 @@ typedef struct frontend_config {
     const char *access_key_id;
     const char *secret_access_key;
     int account_concurrency;
+    const char *data_dir;          /* holds async.db (the Event queue) */
+    int async_retry_delays_s[2];   /* after the 1st and 2nd failed attempt (60, 120) */
+    int async_max_retries;         /* function-error retries (2) */
+    int async_max_age_s;           /* MaximumEventAgeInSeconds (21600) */
 } frontend_config_t;
 
 /* Binds the listening socket and starts serving on base.  The other

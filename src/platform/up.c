@@ -45,6 +45,7 @@ typedef struct up_options {
     const char *region;
     const char *account_id;
     int grace_s;
+    int retry_delays[2];
 } up_options_t;
 
 typedef struct platform {
@@ -66,6 +67,7 @@ static void usage(void)
            "  --account-concurrency N   account concurrency limit (default 1000)\n"
            "  --region REGION           region in ARNs (default us-east-1)\n"
            "  --grace SECONDS           on stop, wait this long for in-flight invokes (default 5)\n"
+           "  --async-retry-delays A,B  Event retry delays after function errors (default 60,120)\n"
            "  --verbose                 debug logging\n");
 }
 
@@ -201,13 +203,15 @@ int up_main(int argc, char **argv)
 {
     up_options_t o = {.host = "127.0.0.1", .port = 9000, .data = "./.flicker", .keep_alive_s = 600,
                       .account_concurrency = 1000, .region = "us-east-1",
-                      .account_id = "000000000000", .grace_s = 5};
+                      .account_id = "000000000000", .grace_s = 5,
+                      .retry_delays = {60, 120}};
     static const struct option opts[] = {
         {"listen", required_argument, 0, 'l'},   {"data", required_argument, 0, 'd'},
         {"no-auth", no_argument, 0, 'n'},        {"keep-alive", required_argument, 0, 'k'},
         {"account-concurrency", required_argument, 0, 'c'},
         {"region", required_argument, 0, 'r'},   {"grace", required_argument, 0, 'g'},
         {"verbose", no_argument, 0, 'v'},        {"help", no_argument, 0, 'h'},
+        {"async-retry-delays", required_argument, 0, 'R'},
         {0, 0, 0, 0},
     };
     int c;
@@ -227,6 +231,13 @@ int up_main(int argc, char **argv)
         case 'r': o.region = optarg; break;
         case 'g': o.grace_s = atoi(optarg); break;
         case 'v': log_set_level(LOG_DEBUG); break;
+        case 'R':
+            if (sscanf(optarg, "%d,%d", &o.retry_delays[0], &o.retry_delays[1]) != 2 ||
+                o.retry_delays[0] < 0 || o.retry_delays[1] < 0) {
+                fprintf(stderr, "flicker up: --async-retry-delays wants A,B (seconds)\n");
+                return 2;
+            }
+            break;
         case 'h': usage(); return 0;
         default: usage(); return 2;
         }
@@ -323,6 +334,10 @@ int up_main(int argc, char **argv)
         .access_key_id = akid,
         .secret_access_key = secret,
         .account_concurrency = o.account_concurrency,
+        .data_dir = data,
+        .async_retry_delays_s = {o.retry_delays[0], o.retry_delays[1]},
+        .async_max_retries = 2,
+        .async_max_age_s = 21600,
     };
     fe = frontend_new(base, &fc, store, assignment, placement, logs, &err);
     if (!fe) {
