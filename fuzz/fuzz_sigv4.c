@@ -1,11 +1,11 @@
 /* fuzz_sigv4.c - libFuzzer target for SigV4 verification (and a sign/verify
  * round-trip property).
  *
- * Build and run (not part of `make`: it needs clang's libFuzzer):
+ * Built and run by `make fuzz` (clang libFuzzer; corpus fuzz/corpus/fuzz_sigv4), or by hand:
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE -Isrc \
  *     fuzz/fuzz_sigv4.c src/common/sigv4.c src/common/util.c src/common/err.c \
  *     -lcrypto -o build/fuzz_sigv4
- *   build/fuzz_sigv4 fuzz/corpus/sigv4
+ *   build/fuzz_sigv4 fuzz/corpus/fuzz_sigv4
  *
  * Input: "METHOD\nPATH\nQUERY\nName: value\n...\n\nBODY" (an empty QUERY
  * line means none).  Every key id maps to one secret and the clock is fixed,
