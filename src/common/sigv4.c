@@ -404,12 +404,14 @@ static bool parse_amz_date(const char *s, int64_t *out)
     return true;
 }
 
-/* Parses an RFC 1123 Date header ("Mon, 07 Dec 2026 00:41:22 GMT"). */
+/* Parses an RFC 1123 Date header: "Mon, 07 Dec 2026 00:41:22 GMT", or with
+ * "-0000" / "+0000" (botocore's email.utils.formatdate) or "UTC". */
 static bool parse_http_date(const char *s, int64_t *out)
 {
     struct tm tm = {0};
-    const char *end = s ? strptime(s, "%a, %d %b %Y %H:%M:%S GMT", &tm) : NULL;
-    if (!end || *end)
+    const char *end = s ? strptime(s, "%a, %d %b %Y %H:%M:%S", &tm) : NULL;
+    if (!end || (strcmp(end, " GMT") && strcmp(end, " UTC") && strcmp(end, " +0000") &&
+                 strcmp(end, " -0000")))
         return false;
     *out = (int64_t)timegm(&tm);
     return true;

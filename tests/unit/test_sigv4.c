@@ -399,9 +399,20 @@ static void test_malformed(void)
     CHECK(verify(&r) == SIGV4_MALFORMED);
 }
 
-/* A Date header instead of X-Amz-Date (botocore's fallback). */
+/* A Date header instead of X-Amz-Date (botocore's fallback): this request
+ * was signed by botocore's SigV4Auth given a Date header (same key, clock). */
 static void test_http_date(void)
 {
+    sigv4_header_t bh[] = {
+        {"Host", "127.0.0.1:9000"},
+        {"Date", "Mon, 07 Dec 2026 00:41:22 -0000"},
+        {"Authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261207/us-east-1/lambda/aws4_request, "
+                          "SignedHeaders=date;host, Signature=94868a0c84f1c9fde623a0e6280aa6177249f9229cd68f33987ea0efe72c1630"}};
+    sigv4_request_t br = {"GET", "/flicker/status", NULL, bh, 3, "", 0};
+    CHECK(verify(&br) == SIGV4_OK);
+    bh[1].value = "Mon, 07 Dec 2026 00:41:23 -0000"; /* signed header and time both change */
+    CHECK(verify(&br) == SIGV4_BAD_SIGNATURE);
+
     sigv4_header_t h[] = {{"Host", "127.0.0.1:9000"}, {"Date", "Mon, 07 Dec 2026 00:41:22 GMT"}};
     sigv4_request_t r = {"GET", "/flicker/status", NULL, h, 2, NULL, 0};
     char date[17], sha[65], auth[512];
