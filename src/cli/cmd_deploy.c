@@ -285,7 +285,7 @@ static int add_tree(zip_t *za, const char *root, const char *rel, int depth, err
             struct stat lst;
             if (lstat(full, &lst) == 0 && !S_ISLNK(lst.st_mode)) {
                 char *sub = xasprintf("%s/", entry);
-                zip_int64_t idx = zip_dir_add(za, sub, ZIP_FL_ENC_UTF_8);
+                zip_int64_t idx = zip_dir_add(za, sub, ZIP_FL_ENC_GUESS);
                 if (idx < 0)
                     rc = err_set(err, EIO, "zip %s: %s", sub, zip_strerror(za));
                 else if ((rc = set_attrs(za, idx, S_IFDIR | (st.st_mode & 0777), err)) == 0)
@@ -299,7 +299,7 @@ static int add_tree(zip_t *za, const char *root, const char *rel, int depth, err
                 rc = -1;
             } else {
                 zip_source_t *src = zip_source_buffer(za, data, len, 1); /* libzip frees data */
-                zip_int64_t idx = src ? zip_file_add(za, entry, src, ZIP_FL_ENC_UTF_8) : -1;
+                zip_int64_t idx = src ? zip_file_add(za, entry, src, ZIP_FL_ENC_GUESS) : -1;
                 if (idx < 0) {
                     if (src)
                         zip_source_free(src);
@@ -503,18 +503,21 @@ static int package(const deploy_opts_t *o, void **zip, size_t *len, char **runti
         return -1;
     if (cli_zip_top_names(*zip, *len, &names, &n, err) < 0) {
         free(*zip);
+        *zip = NULL;
         return err_wrap(err, "%s", o->path);
     }
     int rc = cli_infer_runtime((const char *const *)names, n, o->runtime, o->handler, runtime, handler, err);
     cli_free_names(names, n);
     if (rc < 0) {
         free(*zip);
+        *zip = NULL;
         return -1;
     }
     return 0;
 fail:
     free(*runtime);
     free(*handler);
+    *runtime = *handler = NULL;
     return -1;
 }
 

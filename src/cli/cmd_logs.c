@@ -89,7 +89,9 @@ int cmd_logs(int argc, char **argv)
             if (!errno && end != r.log_offset && !*end)
                 next = v;
         }
-        if (r.body_len == 0 && next == offset)
+        if (r.body_len && next == offset)
+            next = offset + r.body_len; /* never re-read the same bytes forever */
+        if (r.body_len == 0)
             caught_up = true;
         offset = next;
         cli_resp_free(&r);
