@@ -1,15 +1,28 @@
 /* test_cli.c - the CLI's pure parts: argument parsing, runtime inference,
  * zip building (the executable bit survives, output is deterministic),
- * endpoint/credential discovery, encoding, the status outline.  Nothing
- * here talks to a server; integration tests drive the real binary. */
+ * endpoint/credential discovery, encoding, the status outline.  One test
+ * runs cli_request against an in-process libevent HTTP server that checks
+ * the signature with sigv4_verify, the way the frontend does; integration
+ * tests drive the real binary against the real platform. */
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdlib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zip.h>
 #include "check.h"
 #include "cli/cli.h"
 #include "cli/cli_internal.h"
+#include "common/sigv4.h"
 #include "common/util.h"
 
 /* ------------------------------------------------------------ inference */
@@ -356,6 +369,147 @@ static void test_dispatch(void)
     CHECK(cli_run("invoke", 1, bad) == 2);
 }
 
+/* ------------------------------------------------- cli_request on the wire */
+
+static struct event_base *srv_base;
+static int srv_port;
+static enum sigv4_result srv_rc[8];
+static int srv_n;
+
+static const char *srv_secret(const char *akid, void *arg)
+{
+    (void)arg;
+    return !strcmp(akid, "AKWIRE") ? "wire/secret+" : NULL;
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    (void)arg;
+    const char *uri = evhttp_request_get_uri(req);
+    const char *q = strchr(uri, '?');
+    char *path = q ? xstrndup(uri, (size_t)(q - uri)) : xstrdup(uri);
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    sigv4_header_t h[32];
+    size_t n = 0;
+    for (struct evkeyval *kv = in->tqh_first; kv && n < 32; kv = kv->next.tqe_next)
+        h[n++] = (sigv4_header_t){kv->key, kv->value};
+    struct evbuffer *body = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(body);
+    const char *method = evhttp_request_get_command(req) == EVHTTP_REQ_GET ? "GET" : "POST";
+    sigv4_request_t sr = {method, path, q ? q + 1 : NULL, h, n,
+                          len ? (const char *)evbuffer_pullup(body, -1) : "", len};
+    char msg[256];
+    enum sigv4_result rc = sigv4_verify(&sr, srv_secret, NULL, (int64_t)time(NULL), msg, sizeof msg);
+    if (srv_n < 8)
+        srv_rc[srv_n++] = rc;
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    struct evbuffer *reply = evbuffer_new();
+    if (rc != SIGV4_OK) {
+        evhttp_add_header(out, "x-amzn-ErrorType", sigv4_error_type(rc));
+        evbuffer_add_printf(reply, "{\"message\":\"%s\"}", msg);
+        evhttp_send_reply(req, 403, "Forbidden", reply);
+    } else if (strstr(path, "/invocations")) {
+        evhttp_add_header(out, "X-Amz-Function-Error", "Unhandled");
+        evhttp_add_header(out, "X-Amz-Log-Result", "bG9nIGxpbmUK"); /* "log line\n" */
+        evbuffer_add_printf(reply, "{\"errorMessage\":\"%.*s\"}", (int)len, (const char *)sr.body);
+        evhttp_send_reply(req, 200, "OK", reply);
+    } else {
+        evhttp_add_header(out, "x-amzn-ErrorType", "ResourceNotFoundException:http://internal.amazon.com/");
+        evbuffer_add_printf(reply, "{\"Type\":\"User\",\"message\":\"Function not found: %s\"}", path);
+        evhttp_send_reply(req, 404, "Not Found", reply);
+    }
+    evbuffer_free(reply);
+    free(path);
+}
+
+static void *serve(void *arg)
+{
+    (void)arg;
+    event_base_dispatch(srv_base);
+    return NULL;
+}
+
+static void test_request_on_the_wire(void)
+{
+    evthread_use_pthreads();
+    srv_base = event_base_new();
+    struct evhttp *http = evhttp_new(srv_base);
+    evhttp_set_gencb(http, on_request, NULL);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(http, "127.0.0.1", 0);
+    CHECK(bs);
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl);
+    srv_port = ntohs(sa.sin_port);
+    pthread_t t;
+    pthread_create(&t, NULL, serve, NULL);
+
+    clear_env();
+    setenv("FLICKER_ACCESS_KEY_ID", "AKWIRE", 1);
+    setenv("FLICKER_SECRET_ACCESS_KEY", "wire/secret+", 1);
+    setenv("AWS_REGION", "eu-north-1", 1);
+    char *url = xasprintf("http://127.0.0.1:%d", srv_port);
+    cli_ctx_t c;
+    err_t err = {0};
+    int ok_init = cli_ctx_init(&c, url, &err) == 0;
+    free(url);
+    cli_resp_t r1 = {0}, r2 = {0};
+    int rc1 = -1, rc2 = -1;
+    if (ok_init) {
+        rc1 = cli_request(&c, "GET", "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A0%3Afunction%3Af/configuration",
+                          "Qualifier=%24LATEST&b=1", NULL, 0, NULL, 0, &r1, &err);
+        cli_header_t h[] = {{"X-Amz-Invocation-Type", "RequestResponse"}, {"X-Amz-Log-Type", "Tail"}};
+        rc2 = cli_request(&c, "POST", "/2015-03-31/functions/f/invocations", NULL, h, 2, "{\"k\": [1, 2]}", 13,
+                          &r2, &err);
+        cli_ctx_free(&c);
+    }
+    event_base_loopbreak(srv_base);
+    pthread_join(t, NULL);
+    evhttp_free(http);
+    event_base_free(srv_base);
+    clear_env();
+
+    int ok1 = rc1 == 0 && r1.status == 404 && r1.error_type && !strcmp(r1.error_type, "ResourceNotFoundException") &&
+              strstr(r1.body, "Function not found");
+    int ok2 = rc2 == 0 && r2.status == 200 && r2.function_error && !strcmp(r2.function_error, "Unhandled") &&
+              r2.log_result && !strcmp(r2.log_result, "bG9nIGxpbmUK") && !strcmp(r2.body, "{\"errorMessage\":\"{\"k\": [1, 2]}\"}");
+    cli_resp_free(&r1);
+    cli_resp_free(&r2);
+    CHECK(ok_init);
+    CHECK(srv_n == 2);
+    CHECK(srv_rc[0] == SIGV4_OK && srv_rc[1] == SIGV4_OK);
+    CHECK(ok1);
+    CHECK(ok2);
+}
+
+static void test_connection_refused(void)
+{
+    /* A port nobody listens on: bind, learn it, close. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    CHECK(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    close(fd);
+    clear_env();
+    setenv("FLICKER_ACCESS_KEY_ID", "AK", 1);
+    setenv("FLICKER_SECRET_ACCESS_KEY", "s", 1);
+    char *url = xasprintf("http://127.0.0.1:%d", ntohs(sa.sin_port));
+    cli_ctx_t c;
+    err_t err = {0};
+    int ok = cli_ctx_init(&c, url, &err) == 0;
+    cli_resp_t r;
+    int rc = ok ? cli_request(&c, "GET", "/flicker/status", NULL, NULL, 0, NULL, 0, &r, &err) : 0;
+    if (ok)
+        cli_ctx_free(&c);
+    free(url);
+    clear_env();
+    CHECK(ok);
+    CHECK(rc == -1);
+    CHECK(strstr(err.msg, "cannot reach flicker at http://127.0.0.1:"));
+    CHECK(strstr(err.msg, "is `flicker up` running?"));
+}
+
 static void cleanup(void)
 {
     err_t err;
@@ -375,6 +529,8 @@ int main(void)
     RUN(test_encode);
     RUN(test_status_outline);
     RUN(test_dispatch);
+    RUN(test_request_on_the_wire);
+    RUN(test_connection_refused);
     cleanup();
     CHECK_EXIT();
 }
