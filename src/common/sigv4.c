@@ -190,8 +190,8 @@ static void canonical_uri(sbuf_t *b, const char *path)
     }
     if (path[plen - 1] == '/' && nseg)
         sb_addc(b, '/');
-    if (b->len == 0)
-        sb_addc(b, '/'); /* a relative path that normalized to nothing */
+    /* (a relative path that normalizes to nothing stays empty, as in botocore;
+     * HTTP request targets always start with '/') */
     free(seg);
 }
 
