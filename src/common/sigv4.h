@@ -37,7 +37,9 @@ enum sigv4_result {
 
 /* Verifies req's Authorization header.  now_s is the current epoch time.
  * On failure, message (if non-NULL, msglen bytes) receives a Lambda-style
- * explanation.  Constant-time signature comparison. */
+ * explanation.  Constant-time signature comparison.  Any region in the
+ * credential scope is accepted; the service must be "lambda".  The policy
+ * details (UNSIGNED-PAYLOAD, Date fallback, check order) are in sigv4.c. */
 enum sigv4_result sigv4_verify(const sigv4_request_t *req, sigv4_secret_fn secret_of, void *arg,
                                int64_t now_s, char *message, size_t msglen);
 
@@ -46,7 +48,13 @@ const char *sigv4_error_type(enum sigv4_result r);
 
 /* Signs a request: computes X-Amz-Date (from now_s), x-amz-content-sha256
  * and Authorization for the given headers (which must include host).
- * Writes the three header values into the caller's buffers. */
+ * Writes the three header values into the caller's buffers.
+ * Every header in req is signed, plus x-amz-date and x-amz-content-sha256,
+ * so the caller must send exactly req's headers and the three results.
+ * Returns 0, or -1 (buffers unspecified) if host is missing or repeated, req
+ * already has X-Amz-Date/X-Amz-Content-SHA256/Authorization, a header name is
+ * not an HTTP token, the key id/region/service is unusable, or authlen is too
+ * small (512 bytes is plenty for a handful of headers). */
 int sigv4_sign(const sigv4_request_t *req, const char *access_key_id, const char *secret,
                const char *region, const char *service, int64_t now_s, char amz_date[17],
                char content_sha256[65], char *authorization, size_t authlen);
