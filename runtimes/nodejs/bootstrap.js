@@ -414,6 +414,7 @@ class Runtime {
         identity: parseJsonHeader(headers['lambda-runtime-cognito-identity'], 'CognitoIdentity'),
         invokedFunctionArn: headers['lambda-runtime-invoked-function-arn'],
         awsRequestId: id,
+        tenantId: headers['lambda-runtime-aws-tenant-id'],
         getRemainingTimeInMillis: () => deadline - Date.now(),
       });
       const event = JSON.parse(body.toString('utf8'));

@@ -214,7 +214,7 @@ def _obj_from_dict(cls, d):
 
 class LambdaContext(object):
     def __init__(self, request_id, client_context, identity, deadline_ms,
-                 invoked_function_arn):
+                 invoked_function_arn, tenant_id=None):
         env = os.environ
         self.aws_request_id = request_id
         self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME")
@@ -224,6 +224,7 @@ class LambdaContext(object):
         self.memory_limit_in_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
         self.function_version = env.get("AWS_LAMBDA_FUNCTION_VERSION")
         self.invoked_function_arn = invoked_function_arn
+        self.tenant_id = tenant_id
         self.client_context = _obj_from_dict(ClientContext, client_context)
         if self.client_context is not None:
             self.client_context.client = _obj_from_dict(
@@ -246,10 +247,11 @@ class LambdaContext(object):
         return ("LambdaContext([aws_request_id={},log_group_name={},"
                 "log_stream_name={},function_name={},memory_limit_in_mb={},"
                 "function_version={},invoked_function_arn={},client_context={},"
-                "identity={}])").format(
+                "identity={},tenant_id={}])").format(
             self.aws_request_id, self.log_group_name, self.log_stream_name,
             self.function_name, self.memory_limit_in_mb, self.function_version,
-            self.invoked_function_arn, self.client_context, self.identity)
+            self.invoked_function_arn, self.client_context, self.identity,
+            self.tenant_id)
 
 
 def _json_header(value, name):
@@ -401,7 +403,8 @@ def handle_invocation(client, handler, headers, body):
             _json_header(headers.get("Lambda-Runtime-Cognito-Identity"),
                          "Cognito Identity"),
             deadline_ms,
-            headers.get("Lambda-Runtime-Invoked-Function-Arn"))
+            headers.get("Lambda-Runtime-Invoked-Function-Arn"),
+            headers.get("Lambda-Runtime-Aws-Tenant-Id"))
         event = unmarshal_event(body, headers.get("Content-Type"))
         result = handler(event, context)
         payload, content_type = marshal_response(result)

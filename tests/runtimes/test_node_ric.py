@@ -30,6 +30,7 @@ exports.handler = async (event, context) => ({
   identity: context.identity === undefined ? "undef" : context.identity,
   trace: process.env._X_AMZN_TRACE_ID || null,
   cwd: process.cwd(),
+  tenantId: context.tenantId === undefined ? null : context.tenantId,
   kinds: [typeof context.succeed, typeof context.fail, typeof context.done],
 });
 '''
@@ -43,6 +44,7 @@ def test_success_with_context_fields(noderic):
     rid = noderic.api.add_event(
         {"hello": "world"}, timeout_ms=5000,
         headers={"Lambda-Runtime-Trace-Id": "Root=1-abc",
+                 "Lambda-Runtime-Aws-Tenant-Id": "tenant-7",
                  "Lambda-Runtime-Client-Context": json.dumps(cc),
                  "Lambda-Runtime-Cognito-Identity": json.dumps(ident)})
     res = noderic.api.wait_result(rid)
@@ -63,10 +65,12 @@ def test_success_with_context_fields(noderic):
     assert b["trace"] == "Root=1-abc"
     assert b["cwd"] == noderic.task_root
     assert b["kinds"] == ["function"] * 3
+    assert b["tenantId"] == "tenant-7"
     # optional headers absent: undefined, trace id env removed
     b = body(noderic.api.wait_result(noderic.api.add_event({})))
     assert b["clientContext"] == "undef" and b["identity"] == "undef"
     assert b["trace"] is None
+    assert b["tenantId"] is None
     noderic.stop(proc)
 
 

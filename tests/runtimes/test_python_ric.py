@@ -35,6 +35,7 @@ def handler(event, context):
         "identity_pool": context.identity.cognito_identity_pool_id,
         "trace": os.environ.get("_X_AMZN_TRACE_ID"),
         "cwd": os.getcwd(),
+        "tenant_id": context.tenant_id,
     }
 '''
 
@@ -47,6 +48,7 @@ def test_success_with_context_fields(pyric):
     rid = pyric.api.add_event(
         {"hello": "world", "n": [1, 2.5, None, True]}, timeout_ms=5000,
         headers={"Lambda-Runtime-Trace-Id": "Root=1-abc;Parent=def;Sampled=1",
+                 "Lambda-Runtime-Aws-Tenant-Id": "tenant-7",
                  "Lambda-Runtime-Client-Context": json.dumps(cc),
                  "Lambda-Runtime-Cognito-Identity": json.dumps(
                      {"cognitoIdentityId": "id-1",
@@ -70,6 +72,7 @@ def test_success_with_context_fields(pyric):
     assert b["identity_id"] == "id-1" and b["identity_pool"] == "pool-1"
     assert b["trace"] == "Root=1-abc;Parent=def;Sampled=1"
     assert os.path.realpath(b["cwd"]) == os.path.realpath(pyric.task_root)
+    assert b["tenant_id"] == "tenant-7"
     pyric.stop(proc)
 
 
@@ -80,6 +83,7 @@ def test_context_defaults_without_optional_headers(pyric):
     assert b["client_context"] is None
     assert b["identity_id"] is None and b["identity_pool"] is None
     assert b["trace"] is None
+    assert b["tenant_id"] is None
     pyric.stop(proc)
 
 
@@ -225,6 +229,14 @@ def test_malformed_handler_name(pyric):
     b = json.loads(pyric.api.init_errors[0]["body"])
     assert b["errorType"] == "Runtime.MalformedHandlerName"
     assert b["errorMessage"].startswith("Bad handler 'nodot': ")
+
+
+def test_builtin_module_conflict(pyric):
+    rc, _, _ = pyric.finish(pyric.start("sys.handler"))
+    assert rc == 1
+    b = json.loads(pyric.api.init_errors[0]["body"])
+    assert b["errorType"] == "Runtime.BuiltInModuleConflict"
+    assert b["errorMessage"] == "Cannot use built-in module sys as a handler module"
 
 
 def test_non_serializable_result(pyric):
