@@ -18,6 +18,7 @@
 const fs = require('fs');
 const http = require('http');
 const path = require('path');
+const { Writable } = require('stream');
 const util = require('util');
 const { pathToFileURL } = require('url');
 
@@ -184,8 +185,9 @@ class RuntimeClient {
     }
   }
 
-  postInvocationResponse(result, id) {
-    return this.post(`/runtime/invocation/${id}/response`, result);
+  postInvocationResponse(result, id, contentType) {
+    return this.post(`/runtime/invocation/${id}/response`, result,
+      contentType ? { 'Content-Type': contentType } : undefined);
   }
 
   postInvocationError(error, id) {
@@ -280,6 +282,67 @@ async function loadHandler(appRoot, fullHandler) {
   if (!fn) throw new HandlerNotFound(`${fullHandler} is undefined or not exported`);
   if (typeof fn !== 'function') throw new HandlerNotFound(`${fullHandler} is not a function`);
   return fn;
+}
+
+/* ------------------------------------------------------------ streaming */
+
+/*
+ * awslambda.streamifyResponse(handler) marks a handler as response-streaming:
+ * it is called as handler(event, responseStream, context).  flicker's Runtime
+ * API is buffered, so the stream is collected and posted as one response when
+ * it ends (what a plain Invoke of a streaming function returns on AWS too).
+ */
+const HANDLER_STREAMING = Symbol.for('aws.lambda.runtime.handler.streaming');
+const STREAM_RESPONSE = 'response';
+const HTTP_INTEGRATION_CT = 'application/vnd.awslambda.http-integration-response';
+
+function createResponseStream() {
+  const chunks = [];
+  const stream = new Writable({
+    write(chunk, encoding, cb) {
+      chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk, encoding));
+      cb();
+    },
+  });
+  stream.contentType = 'application/octet-stream';
+  stream.setContentType = (ct) => { stream.contentType = ct; };
+  stream.body = () => Buffer.concat(chunks);
+  const write = stream.write.bind(stream);
+  const end = stream.end.bind(stream);
+  const beforeFirst = () => {
+    const hook = stream._onBeforeFirstWrite;
+    stream._onBeforeFirstWrite = null;
+    if (typeof hook === 'function') hook((c) => write(c));
+  };
+  stream.write = (...args) => { beforeFirst(); return write(...args); };
+  stream.end = (...args) => { beforeFirst(); return end(...args); };
+  return stream;
+}
+
+class HttpResponseStream {
+  static from(underlyingStream, prelude) {
+    underlyingStream.setContentType(HTTP_INTEGRATION_CT);
+    const metadata = JSON.stringify(prelude);
+    underlyingStream._onBeforeFirstWrite = (write) => {
+      write(metadata);
+      write(new Uint8Array(8)); // the 8 NUL bytes that end the prelude
+    };
+    return underlyingStream;
+  }
+}
+
+function installGlobals() {
+  globalThis.awslambda = {
+    streamifyResponse(handler, options) {
+      handler[HANDLER_STREAMING] = STREAM_RESPONSE;
+      if (options && options.highWaterMark !== undefined) {
+        handler[Symbol.for('aws.lambda.runtime.handler.streaming.highWaterMark')] =
+          options.highWaterMark;
+      }
+      return handler;
+    },
+    HttpResponseStream,
+  };
 }
 
 /* ------------------------------------------------------------ invoke */
@@ -418,6 +481,10 @@ class Runtime {
         getRemainingTimeInMillis: () => deadline - Date.now(),
       });
       const event = JSON.parse(body.toString('utf8'));
+      if (this.handler[HANDLER_STREAMING] === STREAM_RESPONSE) {
+        this.invokeStreaming(id, event, context, markCompleted);
+        return;
+      }
       const result = this.handler(event, context, callback);
       if (isPromise(result)) {
         result.then(callbackContext.succeed, callbackContext.fail).catch(callbackContext.fail);
@@ -427,6 +494,41 @@ class Runtime {
     }
   }
 }
+
+Runtime.prototype.invokeStreaming = function (id, event, context, markCompleted) {
+  const stream = createResponseStream();
+  let settled = false;
+  const next = () => this.scheduleIteration();
+  const ok = () => {
+    if (settled) return;
+    settled = true;
+    beforeExitListener = NO_OP;
+    markCompleted();
+    send(this.client.postInvocationResponse(stream.body(), id, stream.contentType), next);
+  };
+  const fail = (err) => {
+    if (settled) return;
+    settled = true;
+    beforeExitListener = NO_OP;
+    markCompleted();
+    console.error('Invoke Error', toFormatted(err));
+    send(this.client.postInvocationError(err, id), next);
+  };
+  stream.on('finish', ok);
+  stream.on('error', fail);
+  // Never ended and nothing left to run: end it for the handler.
+  beforeExitListener = () => { if (!stream.writableEnded) stream.end(); };
+  let result;
+  try {
+    result = this.handler(event, stream, context);
+  } catch (err) {
+    fail(err);
+    return;
+  }
+  if (isPromise(result)) {
+    result.then(() => { if (!stream.writableEnded) stream.end(); }, fail);
+  }
+};
 
 /* ------------------------------------------------------------ main */
 
@@ -459,6 +561,7 @@ async function main() {
     errorCallbacks.unhandledRejection(error);
   });
 
+  installGlobals();
   let handler;
   try {
     handler = await loadHandler(appRoot, handlerName);

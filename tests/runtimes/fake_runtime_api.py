@@ -132,6 +132,14 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address):
+        # A client process killed or exiting mid-connection is expected here.
+        import sys
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        http.server.ThreadingHTTPServer.handle_error(self, request,
+                                                     client_address)
+
 
 class FakeRuntimeAPI(object):
     def __init__(self, port=0, function_arn=None):

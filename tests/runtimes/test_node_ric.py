@@ -420,3 +420,41 @@ def test_rejected_post_exits(noderic):
     assert noderic.api.wait_result(rid)["kind"] == "rejected"
     rc, _, err = noderic.finish(proc)
     assert rc == 1 and "returned 500" in err
+
+
+def test_streamify_response_is_buffered(noderic):
+    noderic.write("index.mjs", '''
+export const handler = awslambda.streamifyResponse(async (event, responseStream, context) => {
+  responseStream.setContentType("text/plain");
+  responseStream.write("hello ");
+  await new Promise((r) => setTimeout(r, 20));
+  responseStream.write(Buffer.from(context.awsRequestId));
+  responseStream.end();
+});
+export const http = awslambda.streamifyResponse(async (event, responseStream) => {
+  const s = awslambda.HttpResponseStream.from(responseStream, { statusCode: 201, headers: { a: "b" } });
+  s.write("body");
+  s.end();
+});
+export const boom = awslambda.streamifyResponse(async () => { throw new Error("stream boom"); });
+''')
+    api = noderic.api
+    proc = noderic.start("index.handler")
+    rid = api.add_event({})
+    res = api.wait_result(rid)
+    assert res["kind"] == "response"
+    assert res["body"] == b"hello " + rid.encode()
+    assert res["headers"]["Content-Type"] == "text/plain"
+    res = api.wait_result(api.add_event({}))
+    assert res["kind"] == "response"  # warm, second streamed invoke
+    noderic.stop(proc)
+    proc = noderic.start("index.http")
+    res = api.wait_result(api.add_event({}))
+    assert res["headers"]["Content-Type"] == \
+        "application/vnd.awslambda.http-integration-response"
+    assert res["body"] == b'{"statusCode":201,"headers":{"a":"b"}}' + b"\0" * 8 + b"body"
+    noderic.stop(proc)
+    proc = noderic.start("index.boom")
+    res = api.wait_result(api.add_event({}))
+    assert res["kind"] == "error" and body(res)["errorMessage"] == "stream boom"
+    noderic.stop(proc)
