@@ -100,10 +100,41 @@ function toFormatted(error) {
 const LEVELS = { TRACE: 0, DEBUG: 1, INFO: 2, WARN: 3, ERROR: 4, FATAL: 5 };
 let currentRequestId; // undefined until the first invoke, as on Lambda
 
+function errorFields(e) {
+  return {
+    errorType: (e && e.constructor && e.constructor.name) || 'UnknownError',
+    errorMessage: e.message,
+    stackTrace: typeof e.stack === 'string' ? e.stack.split('\n') : [],
+  };
+}
+
+/* AWS_LAMBDA_LOG_FORMAT=JSON: {"timestamp","level","requestId","message",...}. */
+function jsonLine(level, message, params) {
+  const rec = { timestamp: new Date().toISOString(), level, requestId: currentRequestId };
+  if (params.length === 0) {
+    rec.message = message;
+    try {
+      return JSON.stringify(rec, (_k, v) => (v instanceof Error ? errorFields(v) : v));
+    } catch (_e) {
+      rec.message = util.format(message);
+      return JSON.stringify(rec);
+    }
+  }
+  rec.message = util.format(message, ...params);
+  const err = params.find((p) => p instanceof Error);
+  if (err) Object.assign(rec, errorFields(err));
+  return JSON.stringify(rec);
+}
+
 function patchConsole() {
   const min = LEVELS[(process.env.AWS_LAMBDA_LOG_LEVEL || '').toUpperCase()] || 0;
+  const json = (process.env.AWS_LAMBDA_LOG_FORMAT || '').toUpperCase() === 'JSON';
   const make = (level) => function (message, ...params) {
     if (LEVELS[level] < min) return;
+    if (json) {
+      process.stdout.write(jsonLine(level, message, params) + '\n');
+      return;
+    }
     const line = `${new Date().toISOString()}\t${currentRequestId}\t${level}\t` +
       util.format(message, ...params);
     // One record per call: newlines become CR, as AWS's runtime does.

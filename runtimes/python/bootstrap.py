@@ -34,6 +34,7 @@ XRAY_CAUSE_MAX = 64 * 1024
 ERROR_LOG_LINE_TERMINATE = "\r"
 ERROR_LOG_IDENT = "\u00a0"
 
+JSON_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _THIS_FILE = os.path.abspath(__file__)
 _CURRENT_REQUEST_ID = None
 
@@ -63,8 +64,18 @@ def _indent_nbsp(line):
     return ERROR_LOG_IDENT * (len(line) - len(stripped)) + stripped
 
 
+def _json_logs():
+    return os.environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON"
+
+
 def log_error(error):
     """Print an error result the way Lambda's Python runtime does."""
+    if _json_logs():
+        rec = {"timestamp": time.strftime(JSON_TIME_FORMAT, time.gmtime()),
+               "log_level": "ERROR"}
+        rec.update(error)
+        _write_stdout(json.dumps(rec, ensure_ascii=False) + "\n")
+        return
     desc = "[ERROR]"
     etype = error.get("errorType")
     emsg = error.get("errorMessage")
@@ -101,12 +112,48 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+# LogRecord attributes that are not user "extra" fields.
+_RECORD_ATTRS = frozenset(logging.LogRecord(
+    "", 0, "", 0, "", (), None).__dict__) | {"message", "asctime",
+                                              "aws_request_id", "taskName"}
+_JSON_LEVELS = {"WARNING": "WARN", "CRITICAL": "FATAL"}
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per record, with the fields AWS's JSON format has."""
+
+    def format(self, record):
+        rec = {
+            "timestamp": time.strftime(JSON_TIME_FORMAT,
+                                       time.gmtime(record.created)),
+            "level": _JSON_LEVELS.get(record.levelname, record.levelname),
+            "message": record.getMessage(),
+            "logger": record.name,
+            "requestId": getattr(record, "aws_request_id", None) or None,
+            "location": "{}:{}:{}".format(record.pathname, record.funcName,
+                                          record.lineno),
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            etype, value, tb = record.exc_info
+            rec["errorType"] = etype.__name__
+            rec["errorMessage"] = str(value)
+            rec["stackTrace"] = traceback.format_tb(tb)
+        for k, v in record.__dict__.items():
+            if k not in _RECORD_ATTRS and k not in rec:
+                rec[k] = v
+        rec = dict((k, v) for k, v in rec.items() if v is not None)
+        return json.dumps(rec, default=str, ensure_ascii=False) + "\n"
+
+
 def setup_logging():
     logging.Formatter.converter = time.gmtime
     handler = _LambdaLogHandler()
-    handler.setFormatter(logging.Formatter(
-        "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s\n",
-        "%Y-%m-%dT%H:%M:%S"))
+    if _json_logs():
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s"
+            "\t%(message)s\n", "%Y-%m-%dT%H:%M:%S"))
     handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
     root.addHandler(handler)

@@ -404,6 +404,28 @@ exports.handler = async () => {
     assert re.search(r"^%s\t%s\tDEBUG\tdbg$" % (TS, rid), out, re.M), out
 
 
+def test_json_log_format(noderic):
+    noderic.write("index.js", '''
+exports.handler = async () => {
+  console.log({ a: 1 });
+  console.info("n=%d", 5);
+  console.error("failed:", new TypeError("bad"));
+  throw new Error("thrown");
+};
+''')
+    proc = noderic.start("index.handler", {"AWS_LAMBDA_LOG_FORMAT": "JSON"})
+    rid = noderic.api.add_event({})
+    assert noderic.api.wait_result(rid)["kind"] == "error"
+    out, _ = noderic.stop(proc)
+    recs = [json.loads(l) for l in out.splitlines()]
+    assert recs[0]["message"] == {"a": 1} and recs[0]["level"] == "INFO"
+    assert recs[0]["requestId"] == rid and re.match(TS, recs[0]["timestamp"])
+    assert recs[1]["message"] == "n=5"
+    assert recs[2]["level"] == "ERROR" and recs[2]["errorType"] == "TypeError"
+    assert recs[2]["errorMessage"] == "bad" and recs[2]["stackTrace"][0] == "TypeError: bad"
+    assert recs[3]["level"] == "ERROR" and recs[3]["message"].startswith("Invoke Error")
+
+
 def test_log_level_filter(noderic):
     noderic.write("index.js", "exports.handler = async () => { console.debug('dbg'); console.warn('wrn'); return 1; };\n")
     proc = noderic.start("index.handler", {"AWS_LAMBDA_LOG_LEVEL": "WARN"})

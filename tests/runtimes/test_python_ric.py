@@ -384,6 +384,36 @@ def handler(event, context):
     assert "[DEBUG]" in out and "dbg line" in out
 
 
+def test_json_log_format(pyric):
+    pyric.write("app.py", '''
+import logging
+log = logging.getLogger("orders")
+def handler(event, context):
+    log.info("placed %s", "o-1", extra={"order": 7})
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.exception("failed")
+    raise KeyError("k")
+''')
+    proc = pyric.start("app.handler", {"AWS_LAMBDA_LOG_FORMAT": "JSON",
+                                       "AWS_LAMBDA_LOG_LEVEL": "INFO"})
+    rid = pyric.api.add_event({})
+    assert pyric.api.wait_result(rid)["kind"] == "error"
+    out, _ = pyric.stop(proc)
+    recs = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    assert len(recs) == 3, out
+    info, exc, err = recs
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", info["timestamp"])
+    assert info["level"] == "INFO" and info["message"] == "placed o-1"
+    assert info["logger"] == "orders" and info["requestId"] == rid
+    assert info["order"] == 7 and info["location"].endswith(":handler:5")
+    assert exc["level"] == "ERROR" and exc["errorType"] == "ZeroDivisionError"
+    assert exc["errorMessage"] == "division by zero" and exc["stackTrace"]
+    assert err["log_level"] == "ERROR" and err["errorType"] == "KeyError"
+    assert err["requestId"] == rid and err["errorMessage"] == "'k'"
+
+
 def test_trace_id_env_removed_when_absent(pyric):
     pyric.write("app.py", "import os\ndef handler(e, c):\n    return os.environ.get('_X_AMZN_TRACE_ID')\n")
     proc = pyric.start("app.handler")
