@@ -326,9 +326,9 @@ class _Encoder(json.JSONEncoder):
 _ENCODER = _Encoder()
 
 
-def unmarshal_event(body, content_type):
-    if content_type and not content_type.lower().startswith("application/json"):
-        return body
+def unmarshal_event(body):
+    # Always JSON, whatever the Content-Type (Lambda only delivers JSON
+    # events to managed runtimes; the Node client does the same).
     try:
         return json.loads(body)
     except Exception as e:
@@ -452,7 +452,7 @@ def handle_invocation(client, handler, headers, body):
             deadline_ms,
             headers.get("Lambda-Runtime-Invoked-Function-Arn"),
             headers.get("Lambda-Runtime-Aws-Tenant-Id"))
-        event = unmarshal_event(body, headers.get("Content-Type"))
+        event = unmarshal_event(body)
         result = handler(event, context)
         payload, content_type = marshal_response(result)
     except Fault as f:
@@ -498,6 +498,11 @@ def main():
     if not address:
         sys.stderr.write("flicker-ric: AWS_LAMBDA_RUNTIME_API is not set\n")
         return 1
+    for stream in (sys.stdout, sys.stderr):
+        try:  # unbuffered even if started without -u
+            stream.reconfigure(line_buffering=True, write_through=True)
+        except Exception:
+            pass
     _setup_path(task_root)
     try:
         os.chdir(task_root)

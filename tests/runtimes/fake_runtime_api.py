@@ -78,14 +78,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             api.served.append(ev.request_id)
         data = ev.body
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type",
+                         ev.headers.get("Content-Type", "application/json"))
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Lambda-Runtime-Aws-Request-Id", ev.request_id)
         self.send_header("Lambda-Runtime-Deadline-Ms", str(ev.deadline_ms))
         self.send_header("Lambda-Runtime-Invoked-Function-Arn",
                          api.function_arn)
         for k, v in ev.headers.items():
-            self.send_header(k, v)
+            if k != "Content-Type":
+                self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
 

@@ -467,3 +467,20 @@ def test_bootstrap_is_python39_syntax():
     src = open(os.path.join(os.path.dirname(__file__), "..", "..", "runtimes",
                             "python", "bootstrap.py")).read()
     ast.parse(src, feature_version=(3, 9))
+
+
+def test_print_unbuffered_even_without_dash_u(pyric):
+    pyric.argv = [a for a in pyric.argv if a != "-u"]
+    pyric.write("app.py", "def handler(e, c):\n    print('printed', e)\n    return 1\n")
+    proc = pyric.start("app.handler")
+    pyric.api.wait_result(pyric.api.add_event("x"))
+    out, _ = pyric.stop(proc)  # SIGKILL: anything still buffered is lost
+    assert "printed x" in out
+
+
+def test_event_json_whatever_content_type(pyric):
+    pyric.write("app.py", "def handler(e, c):\n    return e\n")
+    proc = pyric.start("app.handler")
+    rid = pyric.api.add_event({"a": 1}, headers={"Content-Type": "application/octet-stream"})
+    assert body(pyric.api.wait_result(rid)) == {"a": 1}
+    pyric.stop(proc)
