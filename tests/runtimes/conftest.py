@@ -17,8 +17,9 @@ from fake_runtime_api import FakeRuntimeAPI  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
 RUNTIME_DIR = os.path.join(REPO, "runtimes")
-PYTHON = "/usr/bin/python3"
-NODE = "/usr/bin/node"
+# RIC_PYTHON / RIC_NODE: try the clients under other interpreters.
+PYTHON = os.environ.get("RIC_PYTHON", "/usr/bin/python3")
+NODE = os.environ.get("RIC_NODE", "/usr/bin/node")
 
 
 class Ric(object):
