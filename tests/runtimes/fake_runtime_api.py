@@ -46,9 +46,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with api.lock:
             api.connections += 1
 
+    def _close_if_asked(self):
+        if self.server.api.silent_close:
+            # Drop the connection after this exchange without saying so, like
+            # a server timing out an idle keep-alive connection.
+            self.close_connection = True
+        if self.server.api.close_connections:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+
     def _send(self, status, obj):
         data = json.dumps(obj).encode()
         self.send_response(status)
+        self._close_if_asked()
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -78,6 +88,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             api.served.append(ev.request_id)
         data = ev.body
         self.send_response(200)
+        self._close_if_asked()
         self.send_header("Content-Type",
                          ev.headers.get("Content-Type", "application/json"))
         self.send_header("Content-Length", str(len(data)))
@@ -155,6 +166,8 @@ class FakeRuntimeAPI(object):
         self.connections = 0
         self.next_calls = 0
         self.response_status = None  # set e.g. to 500 to reject responses
+        self.close_connections = False  # answer "Connection: close" each time
+        self.silent_close = False  # close after each answer, no header
         self.stopping = threading.Event()
         self.function_arn = function_arn or \
             "arn:aws:lambda:us-east-1:123456789012:function:fn"

@@ -480,3 +480,23 @@ export const boom = awslambda.streamifyResponse(async () => { throw new Error("s
     res = api.wait_result(api.add_event({}))
     assert res["kind"] == "error" and body(res)["errorMessage"] == "stream boom"
     noderic.stop(proc)
+
+
+def test_server_closing_connections(noderic):
+    noderic.api.close_connections = True
+    noderic.write("index.js", "exports.handler = async (e) => e * 2;\n")
+    proc = noderic.start("index.handler")
+    rids = [noderic.api.add_event(i) for i in range(3)]
+    assert [body(noderic.api.wait_result(r)) for r in rids] == [0, 2, 4]
+    assert noderic.api.connections >= 6
+    noderic.stop(proc)
+
+
+def test_server_silently_dropping_keepalive(noderic):
+    noderic.api.silent_close = True
+    noderic.write("index.js", "exports.handler = async (e) => e + 1;\n")
+    proc = noderic.start("index.handler")
+    rids = [noderic.api.add_event(i) for i in range(3)]
+    assert [body(noderic.api.wait_result(r)) for r in rids] == [1, 2, 3]
+    assert proc.poll() is None
+    noderic.stop(proc)

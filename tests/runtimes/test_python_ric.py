@@ -484,3 +484,23 @@ def test_event_json_whatever_content_type(pyric):
     rid = pyric.api.add_event({"a": 1}, headers={"Content-Type": "application/octet-stream"})
     assert body(pyric.api.wait_result(rid)) == {"a": 1}
     pyric.stop(proc)
+
+
+def test_server_closing_connections(pyric):
+    pyric.api.close_connections = True
+    pyric.write("app.py", "def handler(e, c):\n    return e * 2\n")
+    proc = pyric.start("app.handler")
+    rids = [pyric.api.add_event(i) for i in range(3)]
+    assert [body(pyric.api.wait_result(r)) for r in rids] == [0, 2, 4]
+    assert pyric.api.connections >= 6  # a new connection per request
+    pyric.stop(proc)
+
+
+def test_server_silently_dropping_keepalive(pyric):
+    pyric.api.silent_close = True
+    pyric.write("app.py", "def handler(e, c):\n    return e + 1\n")
+    proc = pyric.start("app.handler")
+    rids = [pyric.api.add_event(i) for i in range(3)]
+    assert [body(pyric.api.wait_result(r)) for r in rids] == [1, 2, 3]
+    assert proc.poll() is None
+    pyric.stop(proc)
