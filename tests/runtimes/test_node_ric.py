@@ -500,3 +500,12 @@ def test_server_silently_dropping_keepalive(noderic):
     assert [body(noderic.api.wait_result(r)) for r in rids] == [1, 2, 3]
     assert proc.poll() is None
     noderic.stop(proc)
+
+
+def test_process_exit_in_handler_ends_process(noderic):
+    noderic.write("index.js", "exports.handler = async () => { process.exit(3); };\n")
+    proc = noderic.start("index.handler")
+    rid = noderic.api.add_event({})
+    rc, _, _ = noderic.finish(proc)
+    assert rc == 3
+    assert rid not in noderic.api.results

@@ -504,3 +504,12 @@ def test_server_silently_dropping_keepalive(pyric):
     assert [body(pyric.api.wait_result(r)) for r in rids] == [1, 2, 3]
     assert proc.poll() is None
     pyric.stop(proc)
+
+
+def test_sys_exit_in_handler_ends_process(pyric):
+    pyric.write("app.py", "import sys\ndef handler(e, c):\n    sys.exit(3)\n")
+    proc = pyric.start("app.handler")
+    rid = pyric.api.add_event({})
+    rc, _, _ = pyric.finish(proc)
+    assert rc == 3
+    assert rid not in pyric.api.results  # the worker reports Runtime.ExitError
