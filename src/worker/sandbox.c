@@ -535,6 +535,19 @@ out:
     return rc;
 }
 
+void sandbox_system_shutdown(void) {
+    pthread_mutex_lock(&g_lock);
+    if (g_inited) {
+        if (atomic_load(&g_count) != 0) log_warn(ROLE, "shutdown with %d sandboxes alive", atomic_load(&g_count));
+        cgroup_root_fini(&g_root);
+        seccomp_filter_free(&g_filter);
+        free(g_init_path);
+        g_init_path = NULL;
+        g_inited = false;
+    }
+    pthread_mutex_unlock(&g_lock);
+}
+
 const char *sandbox_cgroup_version(void) { return g_inited ? g_root.ops->version : "none"; }
 
 int sandbox_count(void) { return atomic_load(&g_count); }

@@ -44,6 +44,9 @@ typedef struct sandbox sandbox_t;
  * by a previous run (kill -9 recovery).  init_path is the host path of the
  * static flicker-init binary.  Returns 0 or -1/err. */
 int sandbox_system_init(const char *init_path, err_t *err);
+/* Undoes sandbox_system_init for a clean exit: removes this process's
+ * (empty) parent cgroups.  Call after every sandbox is destroyed. */
+void sandbox_system_shutdown(void);
 /* Which cgroup backend is in use: "v1" or "v2" (after system init). */
 const char *sandbox_cgroup_version(void);
 
