@@ -43,7 +43,7 @@ static void die(const char *what) {
 static void noop(int sig) { (void)sig; }
 
 /* In the forked child: drop to the function's identity and exec. */
-static void exec_runtime(char **argv, const sigset_t *oldmask) {
+static void exec_runtime(char **argv) {
     if (setpgid(0, 0) < 0) die("setpgid");
     for (int cap = 0; cap <= 63; cap++)
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) die("PR_CAPBSET_DROP");
@@ -58,9 +58,12 @@ static void exec_runtime(char **argv, const sigset_t *oldmask) {
     if (syscall(SYS_capset, &hdr, data) < 0) die("capset");
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("PR_SET_NO_NEW_PRIVS");
     if (chdir("/var/task") < 0 && chdir("/") < 0) die("chdir");
-    /* Default dispositions and mask for the runtime. */
+    /* Default dispositions and an empty mask for the runtime: whatever the
+     * worker ignored or blocked (SIGPIPE, typically) must not leak in. */
     for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
-    sigprocmask(SIG_SETMASK, oldmask, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     execvp(argv[0], argv);
     fprintf(stderr, "flicker-init: exec %s: %s\n", argv[0], strerror(errno));
     _exit(errno == ENOENT ? 127 : 126);
@@ -74,7 +77,7 @@ int main(int argc, char **argv) {
     /* PID 1 only receives signals it has a handler for: install no-op
      * handlers, block them, and take them synchronously with sigwaitinfo. */
     static const int sigs[] = {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
-    sigset_t set, old;
+    sigset_t set;
     sigemptyset(&set);
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -83,11 +86,11 @@ int main(int argc, char **argv) {
         sigaction(sigs[i], &sa, NULL);
         sigaddset(&set, sigs[i]);
     }
-    sigprocmask(SIG_BLOCK, &set, &old);
+    sigprocmask(SIG_BLOCK, &set, NULL);
 
     pid_t child = fork();
     if (child < 0) die("fork");
-    if (child == 0) exec_runtime(argv + 1, &old);
+    if (child == 0) exec_runtime(argv + 1);
 
     for (;;) {
         siginfo_t si;

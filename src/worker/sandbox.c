@@ -241,6 +241,7 @@ static __attribute__((noreturn)) void child_main(child_args_t *a) {
     /* 1. Wait for the parent: maps written, cgroups joined. */
     if (recv(a->sync_fd, &go, 1, 0) != 1 || go != 'G') _exit(112);
 
+    umask(022); /* the worker's umask must not shape the jail's files */
     /* 2. Open bind sources with the host credentials we still carry. */
     int srcfd[NSRC];
     for (int i = 0; i < NSRC; i++) {
@@ -809,16 +810,19 @@ int sandbox_oom_kills(sandbox_t *sb) { return g_root.ops->oom_kills(&sb->cg); }
 int sandbox_destroy(sandbox_t *sb, err_t *err) {
     if (!sb) return 0;
     int rc = 0;
-    /* Kill everything (PID 1 included), then reap PID 1: its death makes the
-     * kernel kill and reap the rest of the pid namespace. */
-    if (g_root.ops->kill_all(&sb->cg, 5000, err) < 0) rc = -1;
+    /* SIGKILL PID 1 through its pidfd (no pid-reuse race), thaw (frozen
+     * tasks die only when thawed), reap it: its death makes the kernel kill
+     * the rest of the pid namespace, and every process of the sandbox is in
+     * that namespace.  The cgroup sweep afterwards is a safety net. */
     if (!sb->reaped) {
         syscall(SYS_pidfd_send_signal, sb->pidfd, SIGKILL, NULL, 0);
+        g_root.ops->freeze(&sb->cg, false, NULL);
         siginfo_t si;
         while (waitid((idtype_t)P_PIDFD, (id_t)sb->pidfd, &si, WEXITED | __WALL) < 0 && errno == EINTR) {
         }
         sb->reaped = true;
     }
+    if (g_root.ops->kill_all(&sb->cg, 5000, err) < 0) rc = -1;
     if (g_root.ops->remove(&sb->cg, rc < 0 ? NULL : err) < 0) rc = -1;
     if (rc < 0) log_warn(ROLE, "sandbox %s: destroy incomplete: %s", sb->id, err ? err->msg : "?");
     if (sb->pidfd >= 0) close(sb->pidfd);

@@ -6,7 +6,8 @@
  * mount API, namespaces (setns, unshare, clone with CLONE_NEW* flags),
  * tracing and cross-process memory access, module and kexec loading, bpf,
  * perf, keyrings, handle-based opens, userfaultfd, swap, reboot, accounting,
- * quotas, syslog, raw port I/O, lookup_dcookie, vhangup, and personality
+ * quotas, syslog, raw port I/O, lookup_dcookie, vhangup, io_uring (its
+ * operations bypass seccomp; libuv and others fall back), and personality
  * values other than the default (0) and the query (0xffffffff).  clone3 gets
  * ENOSYS: its flags live in memory, which seccomp cannot inspect, and glibc
  * falls back to clone(2) on ENOSYS.  Syscalls of the i386/x32 ABIs are
@@ -43,6 +44,7 @@ static const char *const deny_names[] = {
     "iopl", "ioperm",
     "move_mount", "fsopen", "fsmount", "fspick", "open_tree", "mount_setattr",
     "lookup_dcookie", "vhangup",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
     "nfsservctl", "uselib", "_sysctl", "get_kernel_syms", "query_module",
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "stime",
 };

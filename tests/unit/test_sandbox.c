@@ -265,6 +265,13 @@ static void test_cannot_see_host_processes(void) {
               "few-procs:");
 }
 
+/* main() ignores SIGPIPE and blocks SIGUSR1, as a server might: the runtime
+ * must still start with default dispositions and an empty mask. */
+static void test_runtime_signals_are_default(void) {
+    EXPECT_SH("grep -E '^Sig(Blk|Ign)' /proc/self/status | tr -s '\\t' ' '",
+              "SigBlk: 0000000000000000\nSigIgn: 0000000000000000");
+}
+
 static void test_pid_namespace(void) { EXPECT_SH("echo pid=$$", "pid=2\n"); }
 
 static void test_cannot_read_host_files(void) {
@@ -621,6 +628,14 @@ int main(void) {
         return 1;
     }
     setup_dirs();
+    /* A hostile-ish worker environment: restrictive umask, SIGPIPE ignored,
+     * a signal blocked.  None of it may leak into the jail. */
+    umask(077);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t blk;
+    sigemptyset(&blk);
+    sigaddset(&blk, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &blk, NULL);
     RUN(test_runs_and_exit_status);
     RUN(test_killed_status_is_128_plus_signal);
     RUN(test_environment_and_cwd);
@@ -647,6 +662,7 @@ int main(void) {
     RUN(test_personality_default_allowed);
     RUN(test_personality_change_denied);
     RUN(test_cannot_see_host_processes);
+    RUN(test_runtime_signals_are_default);
     RUN(test_pid_namespace);
     RUN(test_cannot_read_host_files);
     RUN(test_etc_is_generated);
