@@ -414,7 +414,10 @@ static const char NSSWITCH[] =
 /* The whole root filesystem, in order.  r is the new root's mount point. */
 static void build_steps(steps_t *s, const char *r, const sandbox_spec_t *spec) {
     const unsigned long NOSUIDDEV = MS_NOSUID | MS_NODEV;
-    s_mount(s, "", r, "tmpfs", NOSUIDDEV, "size=1m,nr_inodes=4096,mode=0755");
+    /* The root holds only directories, symlinks, generated /etc files and
+     * mount points: noexec (/usr, /var/task, /var/runtime, /tmp and /init are
+     * mounts of their own and keep exec). */
+    s_mount(s, "", r, "tmpfs", NOSUIDDEV | MS_NOEXEC, "size=1m,nr_inodes=4096,mode=0755");
 
     /* /usr and the merged-/usr symlinks. */
     s_bind_host(s, r, "/usr", 0);
@@ -435,13 +438,13 @@ static void build_steps(steps_t *s, const char *r, const sandbox_spec_t *spec) {
     s_file(s, r, "/etc/hostname", "localhost\n");
     s_file(s, r, "/etc/nsswitch.conf", NSSWITCH);
     s_file(s, r, "/etc/resolv.conf", "");
-    s_bind_host(s, r, "/etc/ld.so.cache", 0);
-    s_bind_host(s, r, "/etc/localtime", 0);
-    s_bind_host(s, r, "/etc/alternatives", 0);
+    s_bind_host(s, r, "/etc/ld.so.cache", MS_NOEXEC);
+    s_bind_host(s, r, "/etc/localtime", MS_NOEXEC);
+    s_bind_host(s, r, "/etc/alternatives", MS_NOEXEC);
     struct stat st;
     if (stat("/etc/ssl", &st) == 0) s_mkdir(s, r, "/etc/ssl", 0755);
-    s_bind_host(s, r, "/etc/ssl/certs", 0);
-    s_bind_host(s, r, "/etc/ssl/openssl.cnf", 0);
+    s_bind_host(s, r, "/etc/ssl/certs", MS_NOEXEC);
+    s_bind_host(s, r, "/etc/ssl/openssl.cnf", MS_NOEXEC);
 
     /* /dev: a small tmpfs with the harmless character devices. */
     s_mkdir(s, r, "/dev", 0755);
@@ -469,7 +472,7 @@ static void build_steps(steps_t *s, const char *r, const sandbox_spec_t *spec) {
         step_t *rm = add(s, ST_REMOUNT, xstrdup(d));
         rm->flags = MS_RDONLY | MS_NOSUID | MS_NOEXEC;
     }
-    s_mount(s, r, "/dev/shm", "tmpfs", NOSUIDDEV, "size=64m,mode=1777");
+    s_mount(s, r, "/dev/shm", "tmpfs", NOSUIDDEV | MS_NOEXEC, "size=64m,mode=1777");
 
     /* /proc: a fresh one for the new pid namespace, other users' processes
      * hidden; older kernels spell it hidepid=2, very old ones lack it. */
@@ -500,7 +503,7 @@ static void build_steps(steps_t *s, const char *r, const sandbox_spec_t *spec) {
     b->flags = MS_RDONLY | NOSUIDDEV;
     /* Finally the root itself read-only. */
     step_t *rr = add(s, ST_REMOUNT, xstrdup(r));
-    rr->flags = MS_RDONLY | NOSUIDDEV;
+    rr->flags = MS_RDONLY | NOSUIDDEV | MS_NOEXEC;
 }
 
 /* ---------------------------------------------------------- system init */
