@@ -30,6 +30,10 @@
  *  5. The parent receives the listening socket, waits for EOF, applies the
  *     CPU quota (after setup so setup itself is never throttled), done.
  *
+ * The child must stay async-signal-safe and must not use glibc wrappers
+ * that assume glibc's view of the process's threads (setuid family: use
+ * raw syscalls), since it is a raw clone of a possibly multi-threaded worker.
+ *
  * Invariants: every mount is made in the child's mount namespace (nothing
  * on the host to clean up); nothing in the sandbox ever runs with a host uid
  * of 0 after step 4; sb->pid is our child, reaped only through its pidfd
@@ -260,10 +264,13 @@ static __attribute__((noreturn)) void child_main(child_args_t *a) {
         p[l] = 0;
     }
 
-    /* 3. Become root of the user namespace (an unprivileged host uid). */
-    if (setresgid(0, 0, 0) < 0) child_fail(a, "setresgid", NULL);
-    if (setresuid(0, 0, 0) < 0) child_fail(a, "setresuid", NULL);
-    if (setgroups(0, NULL) < 0) child_fail(a, "setgroups", NULL);
+    /* 3. Become root of the user namespace (an unprivileged host uid).
+     * Raw syscalls: glibc's wrappers broadcast credential changes to every
+     * thread it believes exists, and after a raw clone of a multi-threaded
+     * worker those threads are not here, so the wrappers would hang. */
+    if (syscall(SYS_setresgid, 0, 0, 0) < 0) child_fail(a, "setresgid", NULL);
+    if (syscall(SYS_setresuid, 0, 0, 0) < 0) child_fail(a, "setresuid", NULL);
+    if (syscall(SYS_setgroups, 0, NULL) < 0) child_fail(a, "setgroups", NULL);
     /* Our cgroup namespace is rooted at the sandbox's own cgroup. */
     if (unshare(CLONE_NEWCGROUP) < 0) child_fail(a, "unshare(CLONE_NEWCGROUP)", NULL);
     if (sethostname("localhost", 9) < 0) child_fail(a, "sethostname", NULL);

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <sys/socket.h>
@@ -582,6 +583,71 @@ static void test_cpu_quota_follows_memory(void) {
     CHECK(cgroup_cpu_quota(10240, 100000) <= 100000 * (uint64_t)sysconf(_SC_NPROCESSORS_ONLN));
 }
 
+static void test_runtime_dir_mounted_readonly(void) {
+    char rt[256], f[300];
+    snprintf(rt, sizeof(rt), "%s/runtime", g_parent);
+    mkdir(rt, 0755);
+    chmod(rt, 0755);
+    snprintf(f, sizeof(f), "%s/client.txt", rt);
+    write_file_atomic(f, "runtime client\n", 15, 0644, NULL);
+    chmod(f, 0644); /* main() set umask 077 */
+    char *argv[] = {"/bin/sh", "-c", "cat /var/runtime/client.txt; touch /var/runtime/x 2>/dev/null || echo ro-ok", NULL};
+    sandbox_spec_t sp = {.id = "test-runtime-dir", .code_dir = g_code, .runtime_dir = rt, .memory_mb = 1769,
+                         .ephemeral_mb = 16, .argv = argv, .envp = g_env};
+    sandbox_t *sb = NULL;
+    err_t e = {0};
+    CHECK(sandbox_create(&sp, &sb, &e) == 0);
+    int st;
+    char *out = drain_and_reap(sb, &st);
+    bool ok = strstr(out, "runtime client\nro-ok") != NULL;
+    if (!ok) printf("  output: %s\n", out);
+    free(out);
+    sandbox_destroy(sb, NULL);
+    CHECK(ok);
+}
+
+/* Several threads creating, running and destroying sandboxes at once. */
+static void *thread_main(void *arg) {
+    long t = (long)arg, ok = 1;
+    for (int i = 0; i < 4; i++) {
+        char id[64], script[64];
+        snprintf(id, sizeof(id), "test-thr-%ld-%d", t, i);
+        snprintf(script, sizeof(script), "echo thread-%ld-%d", t, i);
+        char *argv[] = {"/bin/sh", "-c", script, NULL};
+        sandbox_spec_t sp = {.id = id, .code_dir = g_code, .memory_mb = 256, .ephemeral_mb = 16,
+                             .argv = argv, .envp = g_env};
+        sandbox_t *sb = NULL;
+        err_t e = {0};
+        if (sandbox_create(&sp, &sb, &e) < 0) {
+            printf("  thread %ld: %s\n", t, e.msg);
+            ok = 0;
+            continue;
+        }
+        int st;
+        char *out = drain_and_reap(sb, &st);
+        char want[64];
+        snprintf(want, sizeof(want), "thread-%ld-%d\n", t, i);
+        if (strcmp(out, want) != 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) ok = 0;
+        free(out);
+        if (sandbox_destroy(sb, &e) < 0) ok = 0;
+    }
+    return (void *)ok;
+}
+
+static void test_concurrent_creates_from_threads(void) {
+    enum { NT = 4 };
+    pthread_t th[NT];
+    for (long i = 0; i < NT; i++) pthread_create(&th[i], NULL, thread_main, (void *)i);
+    bool ok = true;
+    for (int i = 0; i < NT; i++) {
+        void *r;
+        pthread_join(th[i], &r);
+        ok = ok && r == (void *)1;
+    }
+    CHECK(ok);
+    CHECK(sandbox_count() == 0);
+}
+
 static void test_create_destroy_benchmark(void) {
     char *argv[] = {"/bin/sh", "-c", "sleep 600", NULL};
     enum { N = 20 };
@@ -682,6 +748,8 @@ int main(void) {
     RUN(test_bad_exec_reports_127);
     RUN(test_bad_code_dir_fails_cleanly);
     RUN(test_cpu_quota_follows_memory);
+    RUN(test_runtime_dir_mounted_readonly);
+    RUN(test_concurrent_creates_from_threads);
     RUN(test_create_destroy_benchmark);
     if (sandbox_count() != 0) printf("  leaked sandboxes: %d\n", sandbox_count());
     sandbox_system_shutdown();
