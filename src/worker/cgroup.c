@@ -13,8 +13,8 @@
  * memory.swap.max=0, cpu.max, pids.max; freeze via cgroup.freeze, waiting
  * for "frozen 1" in cgroup.events; kill via cgroup.kill; OOM kills from
  * memory.events "oom_kill"; peak from memory.peak, kept open so a write
- * resets it for that fd (Linux 6.12+), else tracked as a non-resettable
- * maximum.  Controller knobs that do not exist (a cgroup2 mount whose
+ * resets it for that fd (Linux 6.12+); where that is unsupported, a reset
+ * switches to the maximum of memory.current sampled at each query.  Controller knobs that do not exist (a cgroup2 mount whose
  * controllers are bound to v1) are skipped, so procs/freeze/kill still work.
  *
  * Nothing here keeps global state; all of it lives in cgroup_root_t and
@@ -284,6 +284,8 @@ static int v2_create(const cgroup_root_t *root, const char *name, const cgroup_l
     if (knob_opt(d, "pids.max", buf, err) < 0) goto fail;
     _cleanup_free_ char *pk = xasprintf("%s/memory.peak", d);
     cg->peak_fd = open(pk, O_RDWR | O_CLOEXEC);
+    cg->peak_rw = cg->peak_fd >= 0;
+    if (cg->peak_fd < 0) cg->peak_fd = open(pk, O_RDONLY | O_CLOEXEC);
     return 0;
 fail:
     err_wrap(err, "cgroup v2 create %s", name);
@@ -348,26 +350,30 @@ static int v2_remove(cgroup_t *cg, err_t *err) {
     return rc;
 }
 
+static uint64_t v2_current(cgroup_t *cg) {
+    _cleanup_free_ char *p = xasprintf("%s/memory.current", cg->dir[0]);
+    return read_u64_file(p);
+}
+
 static uint64_t v2_memory_peak(cgroup_t *cg) {
     char buf[64];
-    if (cg->peak_fd >= 0) {
+    if (cg->peak_fd >= 0 && !cg->peak_sampled) {
         ssize_t n = pread(cg->peak_fd, buf, sizeof(buf) - 1, 0);
         if (n > 0) {
             buf[n] = 0;
             return strtoull(buf, NULL, 10);
         }
     }
-    /* No memory.peak: the best we have is the current use. */
-    _cleanup_free_ char *p = xasprintf("%s/memory.current", cg->dir[0]);
-    uint64_t cur = read_u64_file(p);
+    /* No (resettable) memory.peak: the maximum of the samples we took. */
+    uint64_t cur = v2_current(cg);
     if (cur > cg->peak_base) cg->peak_base = cur;
     return cg->peak_base;
 }
 
 static void v2_reset_peak(cgroup_t *cg) {
-    cg->peak_base = 0;
-    if (cg->peak_fd >= 0 && pwrite(cg->peak_fd, "reset\n", 6, 0) < 0)
-        log_debug(ROLE, "memory.peak reset unsupported: %s", strerror(errno));
+    if (cg->peak_fd >= 0 && cg->peak_rw && pwrite(cg->peak_fd, "reset\n", 6, 0) == 6) return;
+    cg->peak_sampled = true;
+    cg->peak_base = v2_current(cg);
 }
 
 static int v2_oom_kills(cgroup_t *cg) {

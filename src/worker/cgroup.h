@@ -41,7 +41,9 @@ typedef struct cgroup {
     const cgroup_root_t *root;
     char *dir[CG_MAX_DIRS]; /* same order as root->parent */
     int peak_fd;            /* v2: memory.peak kept open for per-fd reset */
-    uint64_t peak_base;     /* fallback tracking when reset is unsupported */
+    bool peak_rw;           /* v2: memory.peak is writable (per-fd reset, 6.12+) */
+    bool peak_sampled;      /* v2: reset unsupported and done: sample memory.current */
+    uint64_t peak_base;     /* the sampled maximum */
 } cgroup_t;
 
 struct cgroup_ops {
