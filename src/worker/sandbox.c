@@ -811,6 +811,13 @@ int sandbox_reap(sandbox_t *sb, int *status, err_t *err) {
     return 1;
 }
 
+int sandbox_signal(sandbox_t *sb, int sig, err_t *err) {
+    if (sb->reaped) return err_set(err, ESRCH, "sandbox %s has exited", sb->id);
+    if (syscall(SYS_pidfd_send_signal, sb->pidfd, sig, NULL, 0) < 0)
+        return err_sys(err, "signal sandbox %s", sb->id);
+    return 0;
+}
+
 int sandbox_freeze(sandbox_t *sb, err_t *err) { return g_root.ops->freeze(&sb->cg, true, err); }
 int sandbox_thaw(sandbox_t *sb, err_t *err) { return g_root.ops->freeze(&sb->cg, false, err); }
 uint64_t sandbox_memory_peak(sandbox_t *sb) { return g_root.ops->memory_peak(&sb->cg); }
