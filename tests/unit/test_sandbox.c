@@ -649,6 +649,65 @@ static void test_concurrent_creates_from_threads(void) {
     CHECK(sandbox_count() == 0);
 }
 
+/* kill -9 recovery: a worker process dies with a sandbox running; the next
+ * init (here: a fresh cgroup root of this process) kills the orphaned
+ * sandbox and removes its cgroups. */
+static int crashed_worker_main(const char *init) {
+    err_t e = {0};
+    if (sandbox_system_init(init, &e) < 0) return 1;
+    char *argv[] = {"/bin/sh", "-c", "sleep 600 & sleep 600", NULL};
+    sandbox_spec_t sp = {.id = "test-crash", .code_dir = g_code, .memory_mb = 128, .ephemeral_mb = 16,
+                         .argv = argv, .envp = g_env};
+    sandbox_t *sb;
+    if (sandbox_create(&sp, &sb, &e) < 0) return 2;
+    printf("%d\n", (int)sandbox_pid(sb));
+    fflush(stdout);
+    pause();
+    return 0;
+}
+
+static const char *g_init;
+
+static void test_recovery_after_worker_kill9(void) {
+    int pfd[2];
+    CHECK(pipe(pfd) == 0);
+    pid_t w = fork();
+    if (w == 0) {
+        dup2(pfd[1], 1);
+        execl("/proc/self/exe", "test_sandbox", "--crashed-worker", g_init, g_code, (char *)NULL);
+        _exit(127);
+    }
+    close(pfd[1]);
+    char buf[32] = {0};
+    ssize_t n = read(pfd[0], buf, sizeof(buf) - 1);
+    close(pfd[0]);
+    pid_t sbpid = n > 0 ? (pid_t)atoi(buf) : -1;
+    kill(w, SIGKILL);
+    waitpid(w, NULL, 0);
+    CHECK(sbpid > 0);
+    /* The orphaned sandbox is still alive... */
+    CHECK(count_cgroup_dirs("test-crash", NULL, NULL) > 0);
+    pid_t pids[64];
+    int npids = 0;
+    count_cgroup_dirs("test-crash", pids, &npids);
+    CHECK(npids >= 3);
+    /* ...until a new init reaps the dead instance. */
+    cgroup_root_t r;
+    err_t e = {0};
+    CHECK(cgroup_root_init(&r, &e) == 0);
+    for (int i = 0; i < CG_MAX_DIRS; i++) { /* free without removing our live parent dirs */
+        free(r.base[i]);
+        free(r.parent[i]);
+    }
+    CHECK(count_cgroup_dirs("test-crash", NULL, NULL) == 0);
+    for (int i = 0; i < npids; i++) {
+        /* The sandbox was re-parented to the host's init, which reaps it;
+         * allow it a moment, then the pid must be gone. */
+        for (int k = 0; k < 500 && kill(pids[i], 0) == 0; k++) usleep(10000);
+        CHECK(kill(pids[i], 0) < 0 && errno == ESRCH);
+    }
+}
+
 static void test_create_destroy_benchmark(void) {
     char *argv[] = {"/bin/sh", "-c", "sleep 600", NULL};
     enum { N = 20 };
@@ -671,7 +730,7 @@ static void test_create_destroy_benchmark(void) {
            c_sum / N, c_min, c_max, d_sum / N, N, sandbox_cgroup_version());
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     if (geteuid() != 0) {
         SKIP(test_sandbox, "needs root");
         return 0;
@@ -688,6 +747,11 @@ int main(void) {
             snprintf(initbuf, sizeof(initbuf), "%s/../flicker-init", self);
             init = initbuf;
         }
+    }
+    g_init = init;
+    if (argc == 4 && strcmp(argv[1], "--crashed-worker") == 0) {
+        snprintf(g_code, sizeof(g_code), "%s", argv[3]);
+        return crashed_worker_main(argv[2]);
     }
     err_t e = {0};
     if (!init || sandbox_system_init(init, &e) < 0) {
@@ -751,6 +815,7 @@ int main(void) {
     RUN(test_cpu_quota_follows_memory);
     RUN(test_runtime_dir_mounted_readonly);
     RUN(test_concurrent_creates_from_threads);
+    RUN(test_recovery_after_worker_kill9);
     RUN(test_create_destroy_benchmark);
     if (sandbox_count() != 0) printf("  leaked sandboxes: %d\n", sandbox_count());
     sandbox_system_shutdown();
