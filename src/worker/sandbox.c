@@ -30,6 +30,12 @@
  *  5. The parent receives the listening socket, waits for EOF, applies the
  *     CPU quota (after setup so setup itself is never throttled), done.
  *
+ * Life of a sandbox (states are implicit; the function making each move):
+ *
+ *   (none) --sandbox_create--> RUNNING <--sandbox_freeze / sandbox_thaw--> FROZEN
+ *   RUNNING --PID 1 exits (pidfd readable), sandbox_reap--> EXITED
+ *   any state --sandbox_destroy--> (freed: processes killed, cgroups removed)
+ *
  * The child must stay async-signal-safe and must not use glibc wrappers
  * that assume glibc's view of the process's threads (setuid family: use
  * raw syscalls), since it is a raw clone of a possibly multi-threaded worker.
