@@ -4,10 +4,12 @@
  *  1. The parent (worker) creates the sandbox's cgroups with their limits,
  *     an output pipe, a SOCK_SEQPACKET socketpair for synchronisation, and
  *     precomputes everything the child will do as a list of steps (all
- *     strings formatted here: the child never allocates, because it is a
- *     fork of a possibly multi-threaded process).
- *  2. clone() (fork semantics, no SIGCHLD: exit signal 0) with CLONE_NEWUSER,
- *     NEWNS, NEWPID, NEWIPC, NEWUTS, NEWNET.  The child blocks on the socket.
+ *     strings formatted here: the child never allocates, because it shares
+ *     the memory of a possibly multi-threaded process).
+ *  2. clone() with CLONE_VM on a private stack (no copy of the worker's page
+ *     tables, so the cost does not grow with the worker's size), exit signal
+ *     0 (no SIGCHLD), CLONE_NEWUSER, NEWNS, NEWPID, NEWIPC, NEWUTS, NEWNET.
+ *     The child blocks on the socket.
  *  3. The parent writes uid_map/gid_map ("0 <base> 65536": sandbox root is
  *     an unprivileged host uid from a per-sandbox range, uid 993 inside is
  *     base+993), moves the child into the cgroups, opens a pidfd, and sends
@@ -36,9 +38,10 @@
  *   RUNNING --PID 1 exits (pidfd readable), sandbox_reap--> EXITED
  *   any state --sandbox_destroy--> (freed: processes killed, cgroups removed)
  *
- * The child must stay async-signal-safe and must not use glibc wrappers
- * that assume glibc's view of the process's threads (setuid family: use
- * raw syscalls), since it is a raw clone of a possibly multi-threaded worker.
+ * The child must stay async-signal-safe, write only its stack and its
+ * child_args_t, and must not use glibc wrappers that assume glibc's view of
+ * the process's threads (setuid family: use raw syscalls), since it runs in
+ * the memory of a possibly multi-threaded worker (see child_entry).
  *
  * Invariants: every mount is made in the child's mount namespace (nothing
  * on the host to clean up); nothing in the sandbox ever runs with a host uid
