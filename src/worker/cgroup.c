@@ -518,7 +518,25 @@ int cgroup_root_init(cgroup_root_t *root, err_t *err) {
         char ctl[256] = "";
         read_small(CGROUP_MNT "/cgroup.controllers", ctl, sizeof(ctl));
         if (!strstr(ctl, "memory")) return err_set(err, ENOTSUP, "cgroup2 without the memory controller");
-        return cgroup_root_init_v2(root, CGROUP_MNT, err);
+        if (cgroup_root_init_v2(root, CGROUP_MNT, err) < 0) return -1;
+        /* Sandboxes without limits are not acceptable: every controller must
+         * be enabled for our children.  It is not when /sys/fs/cgroup is a
+         * container's cgroup namespace whose root holds processes ("no
+         * internal processes"): move the worker into a leaf cgroup first. */
+        _cleanup_free_ char *sc = xasprintf("%s/cgroup.subtree_control", root->parent[0]);
+        char have[256] = "";
+        read_small(sc, have, sizeof(have));
+        static const char *const need[] = {"memory", "cpu", "pids"};
+        for (size_t i = 0; i < ARRAY_LEN(need); i++) {
+            if (!strstr(have, need[i])) {
+                err_set(err, ENOTSUP, "cgroup v2: controller %s cannot be enabled under %s (enabled: '%s');"
+                        " is the worker in the namespace's root cgroup? move it to a leaf cgroup",
+                        need[i], root->parent[0], have);
+                cgroup_root_fini(root);
+                return -1;
+            }
+        }
+        return 0;
     }
     root->ops = &cgroup_v1_ops;
     root->ndirs = CG_MAX_DIRS;

@@ -77,8 +77,10 @@ extern const cgroup_ops_t cgroup_v2_ops;
  * and removes stale instances (their processes are killed first).  Returns
  * 0 or -1/err. */
 int cgroup_root_init(cgroup_root_t *root, err_t *err);
-/* Same for an explicit v2 mount point (tests: a cgroup2 mount with no
- * controllers still supports procs, freeze and kill). */
+/* Same for an explicit v2 mount point, accepting missing controllers (whose
+ * knobs are then skipped): for tests on a cgroup2 mount with no controllers,
+ * which still supports procs, freeze and kill.  cgroup_root_init, in
+ * contrast, fails unless memory, cpu and pids are all enabled. */
 int cgroup_root_init_v2(cgroup_root_t *root, const char *mountpoint, err_t *err);
 /* Removes this instance's parent directories (must be empty) and frees root. */
 void cgroup_root_fini(cgroup_root_t *root);
