@@ -279,6 +279,9 @@ static int v2_create(const cgroup_root_t *root, const char *name, const cgroup_l
     snprintf(buf, sizeof(buf), "%llu", (unsigned long long)lim->memory_bytes);
     if (knob_opt(d, "memory.max", buf, err) < 0) goto fail;
     if (knob_opt(d, "memory.swap.max", "0", err) < 0) goto fail;
+    /* An OOM kill takes the whole sandbox down (v1 kills the biggest task,
+     * normally the runtime, and init then exits: the same outcome). */
+    knob_opt(d, "memory.oom.group", "1", NULL);
     if (cg->root->ops->set_cpu(cg, lim->cpu_quota_us, lim->cpu_period_us, err) < 0) goto fail;
     snprintf(buf, sizeof(buf), "%d", lim->pids_max);
     if (knob_opt(d, "pids.max", buf, err) < 0) goto fail;
