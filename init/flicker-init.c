@@ -7,7 +7,9 @@
  * environment is the runtime's.  stdin is /dev/null, stdout and stderr are the
  * sandbox's output pipe.
  *
- * It forks the runtime, which before exec: clears supplementary groups,
+ * It forks the runtime, which before exec: sets RLIMIT_NOFILE 1024 and
+ * RLIMIT_CORE 1 byte (no core dumps, not even to a core_pattern pipe),
+ * clears supplementary groups,
  * drops every capability from the bounding and ambient sets, switches to
  * uid/gid 993 (Lambda's sbx_user1051; this empties permitted and effective
  * capabilities), clears the inheritable set, sets no_new_privs again and
@@ -26,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -45,6 +48,13 @@ static void noop(int sig) { (void)sig; }
 /* In the forked child: drop to the function's identity and exec. */
 static void exec_runtime(char **argv) {
     if (setpgid(0, 0) < 0) die("setpgid");
+    /* Lambda's limit of 1024 descriptors.  Core size 1 byte, hard: no core
+     * file can be written (smaller than a page), and 1 is also the value the
+     * kernel treats as "never dump to a core_pattern pipe", whose helper
+     * would run as root on the host. */
+    struct rlimit nofile = {1024, 1024}, core = {1, 1};
+    if (setrlimit(RLIMIT_NOFILE, &nofile) < 0) die("setrlimit(NOFILE)");
+    if (setrlimit(RLIMIT_CORE, &core) < 0) die("setrlimit(CORE)");
     for (int cap = 0; cap <= 63; cap++)
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) die("PR_CAPBSET_DROP");
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)

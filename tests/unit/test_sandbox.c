@@ -273,6 +273,11 @@ static void test_runtime_signals_are_default(void) {
               "SigBlk: 0000000000000000\nSigIgn: 0000000000000000");
 }
 
+static void test_rlimits_nofile_and_no_core_dumps(void) {
+    EXPECT_SH("grep -E '^Max (open files|core file size)' /proc/self/limits | tr -s ' ' | sed 's/ $//'",
+              "Max core file size 1 1 bytes\nMax open files 1024 1024 files");
+}
+
 static void test_pid_namespace(void) { EXPECT_SH("echo pid=$$", "pid=2\n"); }
 
 static void test_cannot_read_host_files(void) {
@@ -807,6 +812,7 @@ int main(int argc, char **argv) {
     RUN(test_personality_change_denied);
     RUN(test_cannot_see_host_processes);
     RUN(test_runtime_signals_are_default);
+    RUN(test_rlimits_nofile_and_no_core_dumps);
     RUN(test_pid_namespace);
     RUN(test_cannot_read_host_files);
     RUN(test_etc_is_generated);
