@@ -415,11 +415,14 @@ static unsigned long long proc_starttime(pid_t pid) {
     return st;
 }
 
-static bool instance_alive(const char *name) {
-    int pid;
+/* True for "sbx-<pid>-<starttime>" whose process is gone (or whose pid now
+ * belongs to a process with another start time).  Anything else under
+ * flicker/ (not ours, or alive) is left alone. */
+static bool instance_stale(const char *name) {
+    int pid, used = 0;
     unsigned long long st;
-    if (sscanf(name, "%d-%llu", &pid, &st) != 2) return false;
-    return proc_starttime(pid) == st;
+    if (sscanf(name, "sbx-%d-%llu%n", &pid, &st, &used) != 2 || name[used] != 0 || pid <= 0) return false;
+    return proc_starttime(pid) != st;
 }
 
 /* Kills everything in dir's subtree (v1: one hierarchy; the caller calls
@@ -456,7 +459,7 @@ void cgroup_root_reap_stale(cgroup_root_t *root) {
         struct dirent *e;
         while ((e = readdir(d))) {
             if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
-            if (instance_alive(e->d_name)) continue;
+            if (!instance_stale(e->d_name)) continue;
             _cleanup_free_ char *sub = xasprintf("%s/%s", root->base[i], e->d_name);
             log_info(ROLE, "removing stale sandbox cgroups %s", sub);
             reap_tree(sub, v2);
@@ -467,7 +470,7 @@ void cgroup_root_reap_stale(cgroup_root_t *root) {
 
 static char *instance_name(void) {
     pid_t pid = getpid();
-    return xasprintf("%d-%llu", (int)pid, proc_starttime(pid));
+    return xasprintf("sbx-%d-%llu", (int)pid, proc_starttime(pid));
 }
 
 static int make_parents(cgroup_root_t *root, err_t *err) {

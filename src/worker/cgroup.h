@@ -4,7 +4,7 @@
  * hierarchy: memory, cpu, pids, freezer) and "v2" (one directory in the
  * unified hierarchy).  A cgroup_root_t says where flicker's cgroups live:
  * for each hierarchy, <mount>/flicker/<instance>, where <instance> is
- * "<pid>-<starttime>" of the owning process, so several flicker processes
+ * "sbx-<pid>-<starttime>" of the owning process, so several flicker processes
  * on one host never touch each other's sandboxes and the leftovers of a
  * dead one are recognisable (its pid is gone or has another start time).
  *

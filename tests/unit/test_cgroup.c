@@ -112,8 +112,9 @@ static void test_v2_remove_kills_leftovers(void) {
     CHECK(ok);
 }
 
-/* A dead instance ("1-1": pid 1 has another start time) with a live process
- * is killed and removed by the next init. */
+/* A dead instance ("sbx-1-1": pid 1 has another start time) with a live
+ * process is killed and removed by the next init; a directory that is not
+ * an instance name is left alone. */
 static void stale_instance_test(bool v2) {
     err_t e = {0};
     cgroup_root_t root;
@@ -123,7 +124,7 @@ static void stale_instance_test(bool v2) {
     pid_t p = spawn_sleeper();
     char stale[CG_MAX_DIRS][400];
     for (int i = 0; i < root.ndirs; i++) {
-        snprintf(stale[i], sizeof(stale[i]), "%s/1-1", root.base[i]);
+        snprintf(stale[i], sizeof(stale[i]), "%s/sbx-1-1", root.base[i]);
         mkdir(stale[i], 0755);
         char sub[2048], pidbuf[32];
         snprintf(sub, sizeof(sub), "%s/sbx", stale[i]);
@@ -132,10 +133,15 @@ static void stale_instance_test(bool v2) {
         snprintf(sub, sizeof(sub), "%s/sbx/cgroup.procs", stale[i]);
         write_str(sub, pidbuf, NULL);
     }
+    char foreign[400];
+    snprintf(foreign, sizeof(foreign), "%s/not-ours-%d", root.base[0], (int)getpid());
+    mkdir(foreign, 0755);
     cgroup_root_reap_stale(&root);
+    bool foreign_kept = dir_exists(foreign);
+    rmdir(foreign);
     int st = 0;
     waitpid(p, &st, 0);
-    bool ok = WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL;
+    bool ok = WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL && foreign_kept;
     for (int i = 0; i < root.ndirs; i++) ok = ok && !dir_exists(stale[i]);
     /* Our own instance survives. */
     for (int i = 0; i < root.ndirs; i++) ok = ok && dir_exists(root.parent[i]);
