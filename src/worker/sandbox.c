@@ -803,7 +803,15 @@ int sandbox_create(const sandbox_spec_t *spec, sandbox_t **out, err_t *err) {
         goto fail;
     }
     if (r < 0) goto fail;
-    /* EOF: /init is executing (in its own address space: the stack is free). */
+    /* EOF: /init is executing (in its own address space: the stack is free),
+     * unless the setup child died of a signal (a crash reports nothing). */
+    siginfo_t si;
+    memset(&si, 0, sizeof(si));
+    if (waitid((idtype_t)P_PIDFD, (id_t)sb->pidfd, &si, WEXITED | WNOHANG | WNOWAIT | __WALL) == 0 &&
+        si.si_pid == pid && (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED)) {
+        err_set(err, ECHILD, "sandbox setup died of signal %d", si.si_status);
+        goto fail;
+    }
     STACK_UNPOISON(stack, CHILD_STACK);
     munmap(stack, CHILD_STACK);
     stack = NULL;
