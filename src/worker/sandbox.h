@@ -19,7 +19,20 @@
  * both supported; the backend is chosen by sandbox_system_init().
  *
  * Not thread-safe per sandbox; different sandboxes may be used from
- * different threads. */
+ * different threads (sandbox_create may run concurrently in several).
+ *
+ * Usage notes (details in docs/sandbox.md):
+ *  - PID 1 is cloned with exit signal 0: no SIGCHLD is sent and a
+ *    waitpid(-1) elsewhere does not reap it; watch sandbox_pidfd instead.
+ *  - The api, output and pid fds are non-blocking, close-on-exec and owned
+ *    by the sandbox: unregister them from event loops before
+ *    sandbox_destroy, which closes them.  Drain the output pipe.
+ *  - sandbox_create blocks for the jail setup (a few ms; at most 10 s),
+ *    sandbox_destroy until PID 1 is reaped (~1-3 ms), sandbox_freeze until
+ *    frozen.
+ *  - code_dir and runtime_dir contents must be readable by others (the
+ *    function runs as an unprivileged host uid); their parents may be
+ *    private.  /tmp is tmpfs and is charged to the memory limit. */
 #ifndef FLICKER_SANDBOX_H
 #define FLICKER_SANDBOX_H
 #include <stdint.h>
@@ -44,6 +57,9 @@ typedef struct sandbox sandbox_t;
  * by a previous run (kill -9 recovery).  init_path is the host path of the
  * static flicker-init binary.  Returns 0 or -1/err. */
 int sandbox_system_init(const char *init_path, err_t *err);
+/* Undoes sandbox_system_init for a clean exit: removes this process's
+ * (empty) parent cgroups.  Call after every sandbox is destroyed. */
+void sandbox_system_shutdown(void);
 /* Which cgroup backend is in use: "v1" or "v2" (after system init). */
 const char *sandbox_cgroup_version(void);
 
@@ -63,6 +79,11 @@ int sandbox_output_fd(const sandbox_t *sb);
 int sandbox_pidfd(const sandbox_t *sb);
 /* Host pid of the sandbox's PID 1. */
 pid_t sandbox_pid(const sandbox_t *sb);
+
+/* Sends sig to PID 1 through the pidfd (flicker-init forwards SIGTERM,
+ * SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 to the runtime; SIGKILL kills
+ * the sandbox).  Returns 0, or -1/err (ESRCH once it has exited). */
+int sandbox_signal(sandbox_t *sb, int sig, err_t *err);
 
 /* After sandbox_pidfd is readable: reaps PID 1 and returns its wait status
  * in *status.  Returns 1 when reaped, 0 when still running, -1/err. */
