@@ -382,6 +382,7 @@ out:
         event_base_free(base);
     fnlog_close(logs);
     store_close(store);
+    sandbox_system_shutdown();
     free(akid);
     free(secret);
     free(init_path);

@@ -158,8 +158,7 @@ static char *take_tail(env_t *env)
 static void finish_invocation(env_t *env, enum invoke_status status, char *body, size_t len,
                               const char *report_status)
 {
-    invocation_t inv = env->inv;
-    memset(&env->inv, 0, sizeof env->inv);
+    invocation_t inv = env->inv; /* still active while END/REPORT go into the tail */
     if (env->timer_ev)
         evtimer_del(env->timer_ev);
 
@@ -179,6 +178,7 @@ static void finish_invocation(env_t *env, enum invoke_status status, char *body,
              (unsigned long long)((peak + (1u << 20) - 1) >> 20), init,
              report_status ? "\tStatus: " : "", report_status ? report_status : "");
     char *tail = take_tail(env);
+    memset(&env->inv, 0, sizeof env->inv);
     invoke_result_t result = {.status = status, .body = body, .body_len = len, .log_tail = tail,
                               .duration_ms = duration};
     free(inv.payload);
