@@ -588,6 +588,12 @@ static int apply_config(ctx_t *c, json_t *cfg, json_t *body, int creating)
         return -1;
 
     /* semantic checks */
+    json_t *layers = json_object_get(body, "Layers"), *fs = json_object_get(body, "FileSystemConfigs");
+    if (json_array_size(layers))
+        return invalid(c, "Layers are not supported by this Lambda implementation (flicker) yet.");
+    if (json_array_size(fs))
+        return invalid(c, "FileSystemConfigs (EFS) are not supported by this Lambda "
+                          "implementation (flicker).");
     if (pkg && !strcmp(json_string_value(pkg), "Image"))
         return invalid(c, "PackageType Image is not supported by this Lambda implementation "
                           "(flicker) yet; use PackageType Zip.");
@@ -1541,7 +1547,6 @@ static void op_alias(ctx_t *c, const char *ref, const char *alias, const char *m
             server_error(c, &e);
             goto out;
         }
-        notify(c, name);
         ok(c, 204, NULL);
         goto out;
     }
@@ -1592,7 +1597,6 @@ static void op_alias(ctx_t *c, const char *ref, const char *alias, const char *m
         server_error(c, &e);
         goto out;
     }
-    notify(c, name);
     ok(c, 200, alias_view(a));
 out:
     json_decref(a);
@@ -1775,6 +1779,74 @@ static int unknown_op(ctx_t *c)
 
 static int needs_body(const char *method) { return !strcmp(method, "POST") || !strcmp(method, "PUT"); }
 
+/* Routes (method, segments) to an operation; NULL when unknown. */
+typedef enum {
+    OP_NONE,
+    OP_CREATE, OP_LIST, OP_GET, OP_DELETE, OP_GET_CONFIG, OP_UPDATE_CONFIG, OP_UPDATE_CODE,
+    OP_PUBLISH, OP_LIST_VERSIONS, OP_CREATE_ALIAS, OP_LIST_ALIASES, OP_ALIAS, OP_CONCURRENCY,
+    OP_ACCOUNT, OP_TAGS,
+} op_t;
+
+static op_t route(const char *method, char **segs, int n, const char **opname)
+{
+#define IS(m) (!strcmp(method, m))
+#define R(o, name) return (*opname = name, o)
+    const char *date = segs[0], *coll = segs[1];
+    int is_fn = !strcmp(coll, "functions");
+    const char *sub = n >= 4 ? segs[3] : "";
+    if (!strcmp(date, "2015-03-31") && is_fn) {
+        if (n == 2 && IS("POST"))
+            R(OP_CREATE, "CreateFunction");
+        if (n == 2 && IS("GET"))
+            R(OP_LIST, "ListFunctions");
+        if (n == 3 && IS("GET"))
+            R(OP_GET, "GetFunction");
+        if (n == 3 && IS("DELETE"))
+            R(OP_DELETE, "DeleteFunction");
+        if (n == 4 && !strcmp(sub, "configuration") && IS("GET"))
+            R(OP_GET_CONFIG, "GetFunctionConfiguration");
+        if (n == 4 && !strcmp(sub, "configuration") && IS("PUT"))
+            R(OP_UPDATE_CONFIG, "UpdateFunctionConfiguration");
+        if (n == 4 && !strcmp(sub, "code") && IS("PUT"))
+            R(OP_UPDATE_CODE, "UpdateFunctionCode");
+        if (n == 4 && !strcmp(sub, "versions") && IS("POST"))
+            R(OP_PUBLISH, "PublishVersion");
+        if (n == 4 && !strcmp(sub, "versions") && IS("GET"))
+            R(OP_LIST_VERSIONS, "ListVersionsByFunction");
+        if (n == 4 && !strcmp(sub, "aliases") && IS("POST"))
+            R(OP_CREATE_ALIAS, "CreateAlias");
+        if (n == 4 && !strcmp(sub, "aliases") && IS("GET"))
+            R(OP_LIST_ALIASES, "ListAliases");
+        if (n == 5 && !strcmp(sub, "aliases") && IS("GET"))
+            R(OP_ALIAS, "GetAlias");
+        if (n == 5 && !strcmp(sub, "aliases") && IS("PUT"))
+            R(OP_ALIAS, "UpdateAlias");
+        if (n == 5 && !strcmp(sub, "aliases") && IS("DELETE"))
+            R(OP_ALIAS, "DeleteAlias");
+    } else if ((!strcmp(date, "2017-10-31") || !strcmp(date, "2019-09-30")) && is_fn && n == 4 &&
+               !strcmp(sub, "concurrency")) {
+        if (IS("GET"))
+            R(OP_CONCURRENCY, "GetFunctionConcurrency");
+        if (IS("PUT"))
+            R(OP_CONCURRENCY, "PutFunctionConcurrency");
+        if (IS("DELETE"))
+            R(OP_CONCURRENCY, "DeleteFunctionConcurrency");
+    } else if (!strcmp(date, "2016-08-19") && !strcmp(coll, "account-settings") && n == 2 &&
+               IS("GET")) {
+        R(OP_ACCOUNT, "GetAccountSettings");
+    } else if (!strcmp(date, "2017-03-31") && !strcmp(coll, "tags") && n == 3) {
+        if (IS("GET"))
+            R(OP_TAGS, "ListTags");
+        if (IS("POST"))
+            R(OP_TAGS, "TagResource");
+        if (IS("DELETE"))
+            R(OP_TAGS, "UntagResource");
+    }
+    return OP_NONE;
+#undef R
+#undef IS
+}
+
 int control_handle(store_t *store, const control_config_t *cfg, const api_request_t *req,
                    api_response_t *resp)
 {
@@ -1784,7 +1856,8 @@ int control_handle(store_t *store, const control_config_t *cfg, const api_reques
     const char *method = req->method ? req->method : "";
     const char *path = req->path ? req->path : "";
 
-    /* split the path: leading '/' required, one trailing '/' ignored */
+    /* split the path: leading '/' required, one trailing '/' ignored;
+     * inner empty segments stay (and fail name validation) */
     char *copy = xstrdup(path);
     char *segs[MAX_SEGS];
     int n = 0;
@@ -1804,11 +1877,12 @@ int control_handle(store_t *store, const control_config_t *cfg, const api_reques
         *sl = 0;
         p = sl + 1;
         if (!*p)
-            bad = 1; /* empty segment */
+            bad = 1;
     }
     c->query = parse_query(req->query);
     c->body = json_object();
-    if (bad || n < 2) {
+    op_t op = bad || n < 2 ? OP_NONE : route(method, segs, n, &c->op);
+    if (op == OP_NONE) {
         unknown_op(c);
         goto done;
     }
@@ -1823,51 +1897,24 @@ int control_handle(store_t *store, const control_config_t *cfg, const api_reques
         json_decref(c->body);
         c->body = b;
     }
-
-    const char *date = segs[0], *coll = segs[1];
-    int is_fn = !strcmp(coll, "functions");
-    const char *sub = n >= 4 ? segs[3] : NULL;
-#define IS(m) (!strcmp(method, m))
-    if (!strcmp(date, "2015-03-31") && is_fn) {
-        if (n == 2 && IS("POST"))
-            c->op = "CreateFunction", op_create_function(c);
-        else if (n == 2 && IS("GET"))
-            c->op = "ListFunctions", op_list_functions(c);
-        else if (n == 3 && IS("GET"))
-            c->op = "GetFunction", op_get_function(c, segs[2], 0);
-        else if (n == 3 && IS("DELETE"))
-            c->op = "DeleteFunction", op_delete_function(c, segs[2]);
-        else if (n == 4 && !strcmp(sub, "configuration") && IS("GET"))
-            c->op = "GetFunctionConfiguration", op_get_function(c, segs[2], 1);
-        else if (n == 4 && !strcmp(sub, "configuration") && IS("PUT"))
-            c->op = "UpdateFunctionConfiguration", op_update_config(c, segs[2]);
-        else if (n == 4 && !strcmp(sub, "code") && IS("PUT"))
-            c->op = "UpdateFunctionCode", op_update_code(c, segs[2]);
-        else if (n == 4 && !strcmp(sub, "versions") && IS("POST"))
-            c->op = "PublishVersion", op_publish_version(c, segs[2]);
-        else if (n == 4 && !strcmp(sub, "versions") && IS("GET"))
-            c->op = "ListVersionsByFunction", op_list_versions(c, segs[2]);
-        else if (n == 4 && !strcmp(sub, "aliases") && IS("POST"))
-            c->op = "CreateAlias", op_create_alias(c, segs[2]);
-        else if (n == 4 && !strcmp(sub, "aliases") && IS("GET"))
-            c->op = "ListAliases", op_list_aliases(c, segs[2]);
-        else if (n == 5 && !strcmp(sub, "aliases") && (IS("GET") || IS("PUT") || IS("DELETE")))
-            c->op = "Alias", op_alias(c, segs[2], segs[4], method);
-        else
-            unknown_op(c);
-    } else if ((!strcmp(date, "2017-10-31") || !strcmp(date, "2019-09-30")) && is_fn && n == 4 &&
-               !strcmp(sub, "concurrency") && (IS("GET") || IS("PUT") || IS("DELETE"))) {
-        c->op = "FunctionConcurrency", op_concurrency(c, segs[2], method);
-    } else if (!strcmp(date, "2016-08-19") && !strcmp(coll, "account-settings") && n == 2 &&
-               IS("GET")) {
-        c->op = "GetAccountSettings", op_account_settings(c);
-    } else if (!strcmp(date, "2017-03-31") && !strcmp(coll, "tags") && n == 3 &&
-               (IS("GET") || IS("POST") || IS("DELETE"))) {
-        c->op = "Tags", op_tags(c, segs[2], method);
-    } else {
-        unknown_op(c);
+    switch (op) {
+    case OP_CREATE: op_create_function(c); break;
+    case OP_LIST: op_list_functions(c); break;
+    case OP_GET: op_get_function(c, segs[2], 0); break;
+    case OP_DELETE: op_delete_function(c, segs[2]); break;
+    case OP_GET_CONFIG: op_get_function(c, segs[2], 1); break;
+    case OP_UPDATE_CONFIG: op_update_config(c, segs[2]); break;
+    case OP_UPDATE_CODE: op_update_code(c, segs[2]); break;
+    case OP_PUBLISH: op_publish_version(c, segs[2]); break;
+    case OP_LIST_VERSIONS: op_list_versions(c, segs[2]); break;
+    case OP_CREATE_ALIAS: op_create_alias(c, segs[2]); break;
+    case OP_LIST_ALIASES: op_list_aliases(c, segs[2]); break;
+    case OP_ALIAS: op_alias(c, segs[2], segs[4], method); break;
+    case OP_CONCURRENCY: op_concurrency(c, segs[2], method); break;
+    case OP_ACCOUNT: op_account_settings(c); break;
+    case OP_TAGS: op_tags(c, segs[2], method); break;
+    case OP_NONE: break;
     }
-#undef IS
 done:
     if (!resp->status)
         api_error(resp, 500, "ServiceException", "Internal error: no response");

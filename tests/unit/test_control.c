@@ -309,6 +309,9 @@ static void test_create_validation(void)
         {"\"Architectures\":[\"sparc\"]", 0, 400, "ValidationException", "architectures"},
         {"\"Architectures\":[\"x86_64\",\"x86_64\"]", 0, 400, "ValidationException",
          "architectures"},
+        {"\"Layers\":[\"arn:aws:lambda:us-east-1:123456789012:layer:l:1\"]", 0, 400,
+         "InvalidParameterValueException", "Layers"},
+        {"\"Layers\":[],\"VpcConfig\":{\"SubnetIds\":[]}", 0, 201, "", ""},
         {"\"PackageType\":\"Image\"", 0, 400, "InvalidParameterValueException", "Image"},
         {"\"MemorySize\":\"big\"", 0, 400, "InvalidRequestContentException", "MemorySize"},
         {"{\"FunctionName\":\"x\",\"Role\":\"" ROLE "\",\"Runtime\":\"python3.12\","
@@ -383,9 +386,9 @@ static void test_create_validation(void)
     free(extra);
     CHECK(is_err(400, "InvalidParameterValueException"));
     CHECK(msg_has("exceeded the 4KB limit"));
-    /* nothing was created */
-    req("GET", "/2015-03-31/functions/v", NULL, NULL);
-    CHECK(is_err(404, "ResourceNotFoundException"));
+    /* only the valid case created "v" */
+    req("DELETE", "/2015-03-31/functions/v", NULL, NULL);
+    CHECK(is_err(204, ""));
     req("GET", "/2015-03-31/functions/x", NULL, NULL);
     CHECK(is_err(404, "ResourceNotFoundException"));
     teardown();
@@ -923,6 +926,8 @@ static void test_routing(void)
     req("GET", "/2015-03-31/nothing", NULL, NULL);
     CHECK(is_err(404, "UnknownOperationException"));
     req("PATCH", "/2015-03-31/functions", NULL, NULL);
+    CHECK(is_err(404, "UnknownOperationException"));
+    req("POST", "/2015-03-31/nothing", NULL, "not json");
     CHECK(is_err(404, "UnknownOperationException"));
     req("GET", "/", NULL, NULL);
     CHECK(is_err(404, "UnknownOperationException"));
