@@ -94,6 +94,10 @@ void api_error(api_response_t *resp, int status, const char *type, const char *f
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* messages echo client input: keep them printable ASCII (valid JSON) */
+    for (char *p = msg; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+            *p = '?';
     json_decref(resp->body);
     resp->status = status;
     snprintf(resp->error_type, sizeof resp->error_type, "%s", type);
@@ -293,7 +297,8 @@ static json_t *parse_query(const char *q)
                 arr = json_array();
                 json_object_set_new(obj, k, arr);
             }
-            json_array_append_new(arr, json_string(v));
+            /* may be invalid UTF-8; query values are never serialized */
+            json_array_append_new(arr, json_string_nocheck(v));
             free(k);
             free(v);
         }

@@ -122,6 +122,13 @@ static void test_codezip_hostile(void)
     free(bz);
     free(z);
     free(dest);
+    /* an empty zip (only the end record) is valid and empty */
+    size_t elen = 0;
+    void *empty = base64_decode("UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==", 32, &elen);
+    rc = codezip_extract(empty, elen, dest, 1000, 10, NULL, &err);
+    free(empty);
+    CHECK(rc == 0);
+    rm_rf(dest, NULL);
     CHECK(codezip_check_name("a/b") == 0 && codezip_check_name("..a/b..") == 0);
     CHECK(codezip_check_name("") < 0 && codezip_check_name("..") < 0 &&
           codezip_check_name("a/..") < 0 && codezip_check_name("/a") < 0);
