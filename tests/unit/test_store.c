@@ -120,6 +120,7 @@ static void test_codezip_hostile(void)
     CHECK(strstr(err.msg, "Unzipped size must be smaller than 6291456 bytes"));
     CHECK(codezip_extract(bz, len, dest, 8 << 20, 10, NULL, &err) == 0);
     /* an empty zip (only the end record) is valid and empty */
+    rm_rf(dest, NULL);
     size_t elen = 0;
     void *empty = base64_decode("UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==", 32, &elen);
     rc = codezip_extract(empty, elen, dest, 1000, 10, NULL, &err);
