@@ -256,15 +256,22 @@ int store_fn_update(store_t *s, const char *name, json_t *latest, err_t *err)
 
 int store_fn_delete(store_t *s, const char *name, err_t *err)
 {
-    if (exec_args(s, err, "DELETE FROM functions WHERE name=?", "s", name) < 0)
+    /* a savepoint nests inside a caller's transaction, or is one */
+    if (exec_args(s, err, "SAVEPOINT fn_delete", NULL) < 0)
         return -1;
-    if (sqlite3_changes(s->db) == 0)
-        return err_set(err, ENOENT, "function %s not found", name);
-    if (exec_args(s, err, "DELETE FROM versions WHERE name=?", "s", name) < 0 ||
-        exec_args(s, err, "DELETE FROM aliases WHERE name=?", "s", name) < 0 ||
-        exec_args(s, err, "DELETE FROM tags WHERE name=?", "s", name) < 0)
-        return -1;
-    return 0;
+    int rc = exec_args(s, err, "DELETE FROM functions WHERE name=?", "s", name);
+    if (rc == 0 && sqlite3_changes(s->db) == 0)
+        rc = err_set(err, ENOENT, "function %s not found", name);
+    if (rc == 0)
+        rc = exec_args(s, err, "DELETE FROM versions WHERE name=?", "s", name);
+    if (rc == 0)
+        rc = exec_args(s, err, "DELETE FROM aliases WHERE name=?", "s", name);
+    if (rc == 0)
+        rc = exec_args(s, err, "DELETE FROM tags WHERE name=?", "s", name);
+    if (rc < 0)
+        exec_args(s, NULL, "ROLLBACK TO fn_delete", NULL);
+    exec_args(s, NULL, "RELEASE fn_delete", NULL);
+    return rc;
 }
 
 json_t *store_fn_list(store_t *s)
@@ -410,19 +417,23 @@ json_t *store_tags_get(store_t *s, const char *name)
 
 int store_tags_set(store_t *s, const char *name, json_t *obj, err_t *err)
 {
-    if (exec_args(s, err, "DELETE FROM tags WHERE name=?", "s", name) < 0)
+    if (exec_args(s, err, "SAVEPOINT tags_set", NULL) < 0)
         return -1;
+    int rc = exec_args(s, err, "DELETE FROM tags WHERE name=?", "s", name);
     const char *k;
     json_t *v;
     json_object_foreach(obj, k, v)
     {
-        if (!json_is_string(v))
-            continue;
-        if (exec_args(s, err, "INSERT INTO tags(name, key, value) VALUES(?,?,?)", "sss", name, k,
-                      json_string_value(v)) < 0)
-            return -1;
+        if (rc < 0)
+            break;
+        if (json_is_string(v))
+            rc = exec_args(s, err, "INSERT INTO tags(name, key, value) VALUES(?,?,?)", "sss",
+                           name, k, json_string_value(v));
     }
-    return 0;
+    if (rc < 0)
+        exec_args(s, NULL, "ROLLBACK TO tags_set", NULL);
+    exec_args(s, NULL, "RELEASE tags_set", NULL);
+    return rc;
 }
 
 /* ---- code ---- */
