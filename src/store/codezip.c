@@ -34,6 +34,16 @@ int codezip_check_name(const char *name)
     return 0;
 }
 
+/* Maps a failed mkdir/open of an entry: errors caused by the name itself
+ * are the zip's fault (EINVAL), the rest are host errors. */
+static int entry_error(err_t *err, const char *what, const char *name)
+{
+    if (errno == ENAMETOOLONG || errno == EINVAL || errno == EISDIR || errno == ENOTDIR ||
+        errno == EEXIST || errno == ELOOP)
+        return err_set(err, EINVAL, BAD_ZIP_MSG " (bad entry name '%.200s')", name);
+    return err_sys(err, "%s %s", what, name);
+}
+
 /* Opens (creating as needed) the directory for the first n bytes of path
  * below rootfd; returns a new fd or -1/err. */
 static int open_dirs(int rootfd, const char *path, size_t n, err_t *err)
@@ -50,7 +60,7 @@ static int open_dirs(int rootfd, const char *path, size_t n, err_t *err)
         if (len > 0 && !(len == 1 && path[i] == '.')) {
             char *comp = xstrndup(path + i, len);
             if (mkdirat(fd, comp, 0755) < 0 && errno != EEXIST) {
-                err_sys(err, "mkdir %s", comp);
+                entry_error(err, "mkdir", comp);
                 free(comp);
                 close(fd);
                 return -1;
@@ -88,7 +98,7 @@ static int extract_file(zip_t *za, zip_uint64_t idx, int rootfd, const char *nam
     if (fd < 0) {
         if (errno == EEXIST)
             return err_set(err, EINVAL, BAD_ZIP_MSG " (duplicate entry %s)", name);
-        return err_sys(err, "create %s", name);
+        return entry_error(err, "create", name);
     }
     zip_file_t *zf = zip_fopen_index(za, idx, 0);
     if (!zf) {

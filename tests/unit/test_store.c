@@ -70,6 +70,11 @@ static void test_codezip_good(void)
     rm_rf(TMP, NULL);
 }
 
+#define LONG10 "aaaaaaaaaa"
+#define LONG_NAME LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 \
+    LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 \
+    LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10
+
 static void test_codezip_hostile(void)
 {
     mktmp();
@@ -87,6 +92,8 @@ static void test_codezip_hostile(void)
         {{{"sock", "", 0, S_IFSOCK | 0644}}, 1, EINVAL},
         {{{"f", "1", 0, 0}, {"f/g", "2", 0, 0}}, 2, EINVAL},
         {{{"a", "1", 0, 0}, {"b", "2", 0, 0}}, 2, EINVAL}, /* over the entry cap of 1 */
+        {{{LONG_NAME, "1", 0, 0}}, 1, EINVAL},
+        {{{"d/" LONG_NAME "/x", "1", 0, 0}}, 1, EINVAL},
     };
     for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
         err_t err = {0};
