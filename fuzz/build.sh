@@ -14,4 +14,7 @@ srcs="src/common/err.c src/common/log.c src/common/util.c src/store/store.c \
   src/store/codezip.c src/frontend/control.c"
 # shellcheck disable=SC2086
 clang $cflags -o "$out/fuzz_control" fuzz/fuzz_control.c $srcs $libs
-echo "built $out/fuzz_control"
+# shellcheck disable=SC2086
+clang $cflags -o "$out/fuzz_codezip" fuzz/fuzz_codezip.c src/common/err.c src/common/log.c \
+  src/common/util.c src/store/codezip.c $libs
+echo "built $out/fuzz_control $out/fuzz_codezip"
