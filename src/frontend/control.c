@@ -87,6 +87,14 @@ typedef struct ctx {
     char verr[2048];
 } ctx_t;
 
+static int in_list(const char *v, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(v, list[i]))
+            return 1;
+    return 0;
+}
+
 void api_error(api_response_t *resp, int status, const char *type, const char *fmt, ...)
 {
     char msg[1024];
@@ -101,8 +109,16 @@ void api_error(api_response_t *resp, int status, const char *type, const char *f
     json_decref(resp->body);
     resp->status = status;
     snprintf(resp->error_type, sizeof resp->error_type, "%s", type);
-    /* botocore's model: these two shapes spell it "Message" */
-    int capital = !strcmp(type, "ResourceNotFoundException") || !strcmp(type, "ServiceException");
+    /* the botocore model spells the member "Message" for these shapes */
+    static const char *const capital_types[] = {
+        "ResourceNotFoundException", "ServiceException",         "InvalidRuntimeException",
+        "InvalidZipFileException",   "ResourceInUseException",   "NoPublishedVersionException",
+        "RecursiveInvocationException", "SnapStartException",    "SnapStartNotReadyException",
+        "SnapStartTimeoutException", "CodeVerificationFailedException",
+        "InvalidCodeSignatureException", "CodeSigningConfigNotFoundException",
+    };
+    int capital = in_list(type, capital_types, ARRAY_LEN(capital_types)) ||
+                  !strncmp(type, "EC2", 3) || !strncmp(type, "KMS", 3) || !strncmp(type, "EFS", 3);
     resp->body = json_pack("{s:s, s:s}", "Type", "User", capital ? "Message" : "message", msg);
 }
 
@@ -190,14 +206,6 @@ static int is_digits(const char *s)
         if (!isdigit((unsigned char)*s))
             return 0;
     return 1;
-}
-
-static int in_list(const char *v, const char *const *list, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!strcmp(v, list[i]))
-            return 1;
-    return 0;
 }
 
 static const char *jstr(json_t *o, const char *k) { return json_string_value(json_object_get(o, k)); }

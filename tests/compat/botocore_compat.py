@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""botocore_compat.py [BUILD] - serializes real botocore requests for every
+"""botocore_compat.py [BUILD] (BOTOCORE=pip uses the pip botocore instead of the CLI v2 one) - serializes real botocore requests for every
 control-plane operation, runs them through control_handle() (via
 control_driver, built here against BUILD/libflicker.a), and parses the
 responses with botocore's own rest-json parser, as the CLI would.  The
@@ -7,7 +7,8 @@ HTTP layer is simulated: the path is percent-decoded, the query string is
 encoded as botocore does.  Exits non-zero on any mismatch."""
 import base64, io, json, os, subprocess, sys, tempfile, urllib.parse, zipfile
 
-sys.path.insert(0, '/usr/lib/python3/dist-packages/awscli')
+if os.environ.get('BOTOCORE', 'cli2') == 'cli2':
+    sys.path.insert(0, '/usr/lib/python3/dist-packages/awscli')
 import botocore.session
 from botocore import serialize, parsers
 from botocore.awsrequest import prepare_request_dict
