@@ -948,6 +948,95 @@ static void test_routing(void)
     teardown();
 }
 
+static void test_misc(void)
+{
+    setup();
+    create("m", NULL);
+    char *rev = xstrdup(rs("RevisionId"));
+    /* DryRun validates and answers without storing */
+    reqf("PUT", "/2015-03-31/functions/m/code", NULL, "{\"ZipFile\":\"%s\",\"DryRun\":true}",
+         ZIP2_B64);
+    CHECK(is_err(200, ""));
+    req("GET", "/2015-03-31/functions/m/configuration", NULL, NULL);
+    CHECK_STR(rs("RevisionId"), rev);
+    CHECK_STR(rs("CodeSha256"), ZIP_SHA);
+    free(rev);
+    CHECK(changes == 0);
+    /* $LATEST qualifier reports the qualified ARN */
+    req("GET", "/2015-03-31/functions/m/configuration", "Qualifier=%24LATEST", NULL);
+    CHECK(is_err(200, ""));
+    CHECK_STR(rs("FunctionArn"), ARN_PREFIX "m:$LATEST");
+    /* update operations refuse qualified names */
+    req("PUT", "/2015-03-31/functions/m:1/configuration", NULL, "{\"Timeout\":5}");
+    CHECK(is_err(400, "InvalidParameterValueException"));
+    req("POST", "/2015-03-31/functions/m:prod/versions", NULL, NULL);
+    CHECK(is_err(400, "InvalidParameterValueException"));
+    /* missing functions everywhere */
+    req("GET", "/2015-03-31/functions/zz/aliases", NULL, NULL);
+    CHECK(is_err(404, "ResourceNotFoundException"));
+    req("GET", "/2015-03-31/functions/zz/versions", NULL, NULL);
+    CHECK(is_err(404, "ResourceNotFoundException"));
+    req("GET", "/2019-09-30/functions/zz/concurrency", NULL, NULL);
+    CHECK(is_err(404, "ResourceNotFoundException"));
+    req("DELETE", "/2015-03-31/functions/zz/aliases/a", NULL, NULL);
+    CHECK(is_err(404, "ResourceNotFoundException"));
+    req("DELETE", "/2015-03-31/functions/m/aliases/never", NULL, NULL);
+    CHECK(is_err(204, ""));
+    req("DELETE", "/2015-03-31/functions/m", "Qualifier=prod", NULL);
+    CHECK(is_err(400, "InvalidParameterValueException"));
+    /* an alias update that would route $LATEST with weights is refused */
+    req("POST", "/2015-03-31/functions/m/versions", NULL, NULL);
+    req("PUT", "/2015-03-31/functions/m/configuration", NULL, "{\"Timeout\":6}");
+    req("POST", "/2015-03-31/functions/m/versions", NULL, NULL);
+    CHECK_STR(rs("Version"), "2");
+    req("POST", "/2015-03-31/functions/m/aliases", NULL,
+        "{\"Name\":\"a\",\"FunctionVersion\":\"2\",\"RoutingConfig\":"
+        "{\"AdditionalVersionWeights\":{\"1\":0.1}}}");
+    CHECK(is_err(201, ""));
+    req("PUT", "/2015-03-31/functions/m/aliases/a", NULL, "{\"FunctionVersion\":\"$LATEST\"}");
+    CHECK(is_err(400, "InvalidParameterValueException"));
+    req("PUT", "/2015-03-31/functions/m/aliases/a", NULL,
+        "{\"FunctionVersion\":\"$LATEST\",\"RoutingConfig\":{}}");
+    CHECK(is_err(200, ""));
+    CHECK(!json_object_get(R.body, "RoutingConfig"));
+    CHECK_STR(rs("FunctionVersion"), "$LATEST");
+    req("PUT", "/2015-03-31/functions/m/aliases/a", NULL,
+        "{\"FunctionVersion\":\"2\",\"RoutingConfig\":{\"AdditionalVersionWeights\":"
+        "{\"1\":0.1,\"3\":0.1}}}");
+    CHECK(is_err(400, "InvalidParameterValueException"));
+    req("PUT", "/2015-03-31/functions/m/aliases/a", NULL,
+        "{\"FunctionVersion\":\"2\",\"RoutingConfig\":{\"AdditionalVersionWeights\":"
+        "{\"9\":0.1}}}");
+    CHECK(is_err(404, "ResourceNotFoundException"));
+    /* environment variables: exactly at the 4 KB limit is fine */
+    char val[4200];
+    size_t n = 4096 - strlen("{\"AB\":\"\"}");
+    memset(val, 'v', n);
+    val[n] = 0;
+    reqf("PUT", "/2015-03-31/functions/m/configuration", NULL,
+         "{\"Environment\":{\"Variables\":{\"AB\":\"%s\"}}}", val);
+    CHECK(is_err(200, ""));
+    val[n] = 'v';
+    val[n + 1] = 0;
+    reqf("PUT", "/2015-03-31/functions/m/configuration", NULL,
+         "{\"Environment\":{\"Variables\":{\"AB\":\"%s\"}}}", val);
+    CHECK(is_err(400, "InvalidParameterValueException"));
+    /* switching a provided function to python needs a handler */
+    reqf("POST", "/2015-03-31/functions", NULL,
+         "{\"FunctionName\":\"p\",\"Role\":\"" ROLE "\",\"Runtime\":\"provided\","
+         "\"Code\":{\"ZipFile\":\"%s\"}}",
+         ZIP_B64);
+    CHECK(is_err(201, ""));
+    req("PUT", "/2015-03-31/functions/p/configuration", NULL, "{\"Runtime\":\"python3.13\"}");
+    CHECK(is_err(400, "InvalidParameterValueException"));
+    CHECK(msg_has("Runtime and Handler are mandatory"));
+    /* error messages stay ASCII even for hostile input */
+    req("GET", "/2015-03-31/functions/\xc3\x28" "bad", NULL, NULL);
+    CHECK(is_err(400, "ValidationException"));
+    CHECK(R.body && strchr(rmsg(), '?'));
+    teardown();
+}
+
 int main(void)
 {
     make_fixtures();
@@ -962,6 +1051,7 @@ int main(void)
     RUN(test_list_functions_paging);
     RUN(test_persistence);
     RUN(test_routing);
+    RUN(test_misc);
     if (S)
         teardown();
     json_decref(R.body);
