@@ -963,7 +963,7 @@ static void op_get_function(ctx_t *c, const char *ref, int config_only)
     if (!cfg)
         goto out;
     json_t *pub = public_view(cfg);
-    if (qual && strcmp(jstr(pub, "Version"), "$LATEST") == 0 && !strcmp(qual, "$LATEST")) {
+    if (qual && !strcmp(qual, "$LATEST")) {
         char *arn = fn_arn(c, name);
         json_object_set_new(pub, "FunctionArn", json_sprintf("%s:$LATEST", arn));
         free(arn);
