@@ -1779,6 +1779,149 @@ out:
     free(qual);
 }
 
+/* ---- event-invoke config (asynchronous invocation settings) ---- */
+
+/* Validates a DestinationConfig member ("OnSuccess"/"OnFailure") and copies
+ * it into out.  Returns -1 on a type error (response filled). */
+static int eic_destination(ctx_t *c, json_t *dc, const char *key, json_t *out)
+{
+    json_t *d, *arn;
+    if (f_get(c, dc, key, JSON_OBJECT, &d) < 0)
+        return -1;
+    if (!d) {
+        json_object_set_new(out, key, json_object());
+        return 0;
+    }
+    if (f_get(c, d, "Destination", JSON_STRING, &arn) < 0)
+        return -1;
+    json_t *o = json_object();
+    if (arn) {
+        const char *a = json_string_value(arn);
+        if (strlen(a) > 350)
+            verr_add(c,
+                     "Value '%.100s...' at 'destinationConfig.%c%s.destination' failed to "
+                     "satisfy constraint: Member must have length less than or equal to 350",
+                     a, tolower((unsigned char)key[0]), key + 1);
+        else if (*a && strncmp(a, "arn:", 4))
+            verr_add(c,
+                     "Value '%.200s' at 'destinationConfig.%c%s.destination' failed to satisfy "
+                     "constraint: Member must satisfy regular expression pattern: "
+                     "$|arn:(aws[a-zA-Z0-9-]*):([a-zA-Z0-9\\-])+:([a-z]{2}(-gov)?-[a-z]+-\\d{1})?:"
+                     "(\\d{12})?:(.*)",
+                     a, tolower((unsigned char)key[0]), key + 1);
+        if (*a)
+            json_object_set(o, "Destination", arn);
+    }
+    json_object_set_new(out, key, o);
+    return 0;
+}
+
+static void op_event_invoke(ctx_t *c, const char *ref, const char *method, int list)
+{
+    char *name = NULL, *qual = NULL, *arn = NULL;
+    json_t *cur = NULL, *target = NULL;
+    err_t e = {0};
+    if (list ? ref_parse(c, ref, &name, &qual) < 0 : ref_with_query(c, ref, &name, &qual) < 0)
+        goto out;
+    if (list) {
+        json_t *fn = store_fn_get(c->s, name);
+        if (!fn) {
+            not_found_fn(c, name, NULL);
+            goto out;
+        }
+        json_decref(fn);
+        json_t *all = store_eic_list(c->s, name);
+        size_t n = json_array_size(all), i;
+        page_item_t *items = xcalloc(n + 1, sizeof *items);
+        json_t *x;
+        json_array_foreach(all, i, x) items[i] = (page_item_t){jstr(x, "_Qualifier"), 0, x};
+        json_t *outj = json_object();
+        if (paginate(c, items, n, "FunctionEventInvokeConfigs", 50, outj) == 0)
+            ok(c, 200, outj);
+        else
+            json_decref(outj);
+        free(items);
+        json_decref(all);
+        goto out;
+    }
+    if (!qual)
+        qual = xstrdup("$LATEST");
+    /* the function, version or alias must exist */
+    if (!(target = load_cfg(c, name, qual, NULL)))
+        goto out;
+    char *base = fn_arn(c, name);
+    arn = xasprintf("%s:%s", base, qual);
+    free(base);
+    cur = store_eic_get(c->s, name, qual);
+    if (!strcmp(method, "GET") || !strcmp(method, "DELETE")) {
+        if (!cur) {
+            api_error(c->resp, 404, "ResourceNotFoundException",
+                      "The function %s doesn't have an EventInvokeConfig", arn);
+            goto out;
+        }
+        if (!strcmp(method, "GET")) {
+            ok(c, 200, public_view(cur));
+        } else if (store_eic_delete(c->s, name, qual, &e) < 0) {
+            server_error(c, &e);
+        } else {
+            ok(c, 204, NULL);
+        }
+        goto out;
+    }
+    int update = !strcmp(method, "POST");
+    if (update && !cur) {
+        api_error(c->resp, 404, "ResourceNotFoundException",
+                  "The function %s doesn't have an EventInvokeConfig", arn);
+        goto out;
+    }
+    json_t *mra, *mea, *dc;
+    if (f_get(c, c->body, "MaximumRetryAttempts", JSON_INTEGER, &mra) < 0 ||
+        f_get(c, c->body, "MaximumEventAgeInSeconds", JSON_INTEGER, &mea) < 0 ||
+        f_get(c, c->body, "DestinationConfig", JSON_OBJECT, &dc) < 0)
+        goto out;
+    if (mra)
+        check_range(c, "maximumRetryAttempts", int_of(mra), 0, 2);
+    if (mea)
+        check_range(c, "maximumEventAgeInSeconds", int_of(mea), 60, 21600);
+    json_t *dest = json_object();
+    if (dc && (eic_destination(c, dc, "OnSuccess", dest) < 0 ||
+               eic_destination(c, dc, "OnFailure", dest) < 0)) {
+        json_decref(dest);
+        goto out;
+    }
+    if (verr_flush(c) < 0) {
+        json_decref(dest);
+        goto out;
+    }
+    json_t *next = update ? json_deep_copy(cur) : json_object();
+    json_object_set_new(next, "FunctionArn", json_string(arn));
+    json_object_set_new(next, "_Qualifier", json_string(qual));
+    json_object_set_new(next, "LastModified", json_real((double)now_wall_ms() / 1000.0));
+    if (mra)
+        json_object_set_new(next, "MaximumRetryAttempts", json_integer(int_of(mra)));
+    if (mea)
+        json_object_set_new(next, "MaximumEventAgeInSeconds", json_integer(int_of(mea)));
+    if (dc)
+        json_object_set_new(next, "DestinationConfig", dest);
+    else {
+        json_decref(dest);
+        if (!json_object_get(next, "DestinationConfig"))
+            json_object_set_new(next, "DestinationConfig",
+                                json_pack("{s:{}, s:{}}", "OnSuccess", "OnFailure"));
+    }
+    if (store_eic_put(c->s, name, qual, next, &e) < 0)
+        server_error(c, &e);
+    else
+        ok(c, 200, public_view(next));
+    json_decref(next);
+out:
+    json_decref(cur);
+    json_decref(target);
+    free(arn);
+    free(name);
+    free(qual);
+}
+
 /* ---- routing ---- */
 
 #define MAX_SEGS 8
@@ -1797,7 +1940,7 @@ typedef enum {
     OP_NONE,
     OP_CREATE, OP_LIST, OP_GET, OP_DELETE, OP_GET_CONFIG, OP_UPDATE_CONFIG, OP_UPDATE_CODE,
     OP_PUBLISH, OP_LIST_VERSIONS, OP_CREATE_ALIAS, OP_LIST_ALIASES, OP_ALIAS, OP_CONCURRENCY,
-    OP_ACCOUNT, OP_TAGS,
+    OP_ACCOUNT, OP_TAGS, OP_EVENT_INVOKE, OP_EVENT_INVOKE_LIST,
 } op_t;
 
 static op_t route(const char *method, char **segs, int n, const char **opname)
@@ -1844,6 +1987,18 @@ static op_t route(const char *method, char **segs, int n, const char **opname)
             R(OP_CONCURRENCY, "PutFunctionConcurrency");
         if (IS("DELETE"))
             R(OP_CONCURRENCY, "DeleteFunctionConcurrency");
+    } else if (!strcmp(date, "2019-09-25") && is_fn && n >= 4 &&
+               !strcmp(sub, "event-invoke-config")) {
+        if (n == 5 && !strcmp(segs[4], "list") && IS("GET"))
+            R(OP_EVENT_INVOKE_LIST, "ListFunctionEventInvokeConfigs");
+        if (n == 4 && IS("PUT"))
+            R(OP_EVENT_INVOKE, "PutFunctionEventInvokeConfig");
+        if (n == 4 && IS("POST"))
+            R(OP_EVENT_INVOKE, "UpdateFunctionEventInvokeConfig");
+        if (n == 4 && IS("GET"))
+            R(OP_EVENT_INVOKE, "GetFunctionEventInvokeConfig");
+        if (n == 4 && IS("DELETE"))
+            R(OP_EVENT_INVOKE, "DeleteFunctionEventInvokeConfig");
     } else if (!strcmp(date, "2016-08-19") && !strcmp(coll, "account-settings") && n == 2 &&
                IS("GET")) {
         R(OP_ACCOUNT, "GetAccountSettings");
@@ -1926,6 +2081,8 @@ int control_handle(store_t *store, const control_config_t *cfg, const api_reques
     case OP_CONCURRENCY: op_concurrency(c, segs[2], method); break;
     case OP_ACCOUNT: op_account_settings(c); break;
     case OP_TAGS: op_tags(c, segs[2], method); break;
+    case OP_EVENT_INVOKE: op_event_invoke(c, segs[2], method, 0); break;
+    case OP_EVENT_INVOKE_LIST: op_event_invoke(c, segs[2], method, 1); break;
     case OP_NONE: break;
     }
 done:

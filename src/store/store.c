@@ -6,6 +6,7 @@
  *   versions(name, version, config JSON, code_size)   PK(name, version)
  *   aliases(name, alias, config JSON)                  PK(name, alias)
  *   tags(name, key, value)                             PK(name, key)
+ *   event_invoke(name, qualifier, config JSON)         PK(name, qualifier)
  * The database runs in WAL mode with a busy timeout; multi-step changes are
  * wrapped in store_begin/store_commit by the caller.  Code lives outside
  * the database: DATA/blobs/<hex>.zip and DATA/code/<hex>/ (extracted into
@@ -47,7 +48,9 @@ static const char *SCHEMA =
     "CREATE TABLE IF NOT EXISTS aliases(name TEXT NOT NULL, alias TEXT NOT NULL,"
     " config TEXT NOT NULL, PRIMARY KEY(name, alias));"
     "CREATE TABLE IF NOT EXISTS tags(name TEXT NOT NULL, key TEXT NOT NULL,"
-    " value TEXT NOT NULL, PRIMARY KEY(name, key));";
+    " value TEXT NOT NULL, PRIMARY KEY(name, key));"
+    "CREATE TABLE IF NOT EXISTS event_invoke(name TEXT NOT NULL, qualifier TEXT NOT NULL,"
+    " config TEXT NOT NULL, PRIMARY KEY(name, qualifier));";
 
 /* ---- small SQL helpers ---- */
 
@@ -268,6 +271,8 @@ int store_fn_delete(store_t *s, const char *name, err_t *err)
         rc = exec_args(s, err, "DELETE FROM aliases WHERE name=?", "s", name);
     if (rc == 0)
         rc = exec_args(s, err, "DELETE FROM tags WHERE name=?", "s", name);
+    if (rc == 0)
+        rc = exec_args(s, err, "DELETE FROM event_invoke WHERE name=?", "s", name);
     if (rc < 0)
         exec_args(s, NULL, "ROLLBACK TO fn_delete", NULL);
     exec_args(s, NULL, "RELEASE fn_delete", NULL);
@@ -352,7 +357,10 @@ int store_version_delete(store_t *s, const char *name, long version, err_t *err)
         return -1;
     if (sqlite3_changes(s->db) == 0)
         return err_set(err, ENOENT, "version %ld of %s not found", version, name);
-    return 0;
+    char num[24];
+    snprintf(num, sizeof num, "%ld", version);
+    return exec_args(s, err, "DELETE FROM event_invoke WHERE name=? AND qualifier=?", "ss", name,
+                     num);
 }
 
 json_t *store_version_list(store_t *s, const char *name)
@@ -386,13 +394,48 @@ int store_alias_delete(store_t *s, const char *name, const char *alias, err_t *e
         return -1;
     if (sqlite3_changes(s->db) == 0)
         return err_set(err, ENOENT, "alias %s of %s not found", alias, name);
-    return 0;
+    return exec_args(s, err, "DELETE FROM event_invoke WHERE name=? AND qualifier=?", "ss", name,
+                     alias);
 }
 
 json_t *store_alias_list(store_t *s, const char *name)
 {
     return query_json_array(s, "SELECT config FROM aliases WHERE name=? ORDER BY alias", "s",
                             name);
+}
+
+/* ---- event-invoke configs ---- */
+
+json_t *store_eic_get(store_t *s, const char *name, const char *qual)
+{
+    return query_json(s, "SELECT config FROM event_invoke WHERE name=? AND qualifier=?", "ss",
+                      name, qual);
+}
+
+int store_eic_put(store_t *s, const char *name, const char *qual, json_t *cfg, err_t *err)
+{
+    char *txt = dumps(cfg);
+    int rc = exec_args(s, err,
+                       "INSERT OR REPLACE INTO event_invoke(name, qualifier, config) VALUES(?,?,?)",
+                       "sss", name, qual, txt);
+    free(txt);
+    return rc;
+}
+
+int store_eic_delete(store_t *s, const char *name, const char *qual, err_t *err)
+{
+    if (exec_args(s, err, "DELETE FROM event_invoke WHERE name=? AND qualifier=?", "ss", name,
+                  qual) < 0)
+        return -1;
+    if (sqlite3_changes(s->db) == 0)
+        return err_set(err, ENOENT, "no event invoke config for %s:%s", name, qual);
+    return 0;
+}
+
+json_t *store_eic_list(store_t *s, const char *name)
+{
+    return query_json_array(s, "SELECT config FROM event_invoke WHERE name=? ORDER BY qualifier",
+                            "s", name);
 }
 
 /* ---- tags ---- */
@@ -569,6 +612,8 @@ void fn_config_free(fn_config_t *c)
     free(c->config_key);
     free(c->alias);
     free(c->qualified_arn);
+    free(c->on_success);
+    free(c->on_failure);
     free(c);
 }
 
@@ -576,6 +621,11 @@ static char *jstr(json_t *obj, const char *key)
 {
     const char *v = json_string_value(json_object_get(obj, key));
     return xstrdup(v ? v : "");
+}
+
+static const char *jstr_or_null(json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
 }
 
 static int is_number(const char *q)
@@ -683,6 +733,18 @@ int store_resolve(store_t *s, const char *ref, const char *qualifier, fn_config_
     c->reserved_concurrency = store_get_reserved(s, name);
     c->config_key = xasprintf("%s:%s:%s", name, c->version, c->revision_id);
     c->alias = alias ? xstrdup(q) : NULL;
+    /* async settings belong to the qualifier used: alias, version or $LATEST */
+    json_t *eic = store_eic_get(s, name, q ? q : "$LATEST");
+    json_t *mra = json_object_get(eic, "MaximumRetryAttempts");
+    json_t *mea = json_object_get(eic, "MaximumEventAgeInSeconds");
+    json_t *dest = json_object_get(eic, "DestinationConfig");
+    const char *ok_dest = jstr_or_null(json_object_get(dest, "OnSuccess"), "Destination");
+    const char *fail_dest = jstr_or_null(json_object_get(dest, "OnFailure"), "Destination");
+    c->max_retry_attempts = json_is_integer(mra) ? (int)json_integer_value(mra) : 2;
+    c->max_event_age_s = json_is_integer(mea) ? (int)json_integer_value(mea) : 21600;
+    c->on_success = ok_dest && *ok_dest ? xstrdup(ok_dest) : NULL;
+    c->on_failure = fail_dest && *fail_dest ? xstrdup(fail_dest) : NULL;
+    json_decref(eic);
     *out = c;
 done:
     json_decref(cfg);

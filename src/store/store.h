@@ -39,6 +39,12 @@ typedef struct fn_config {
                               ("name:version:revision_id") */
     char *alias;           /* alias the reference went through, else NULL */
     char *qualified_arn;   /* ARN of the version run (":$LATEST" or ":N") */
+    /* Asynchronous invocation (PutFunctionEventInvokeConfig) of the
+     * qualifier the reference used (alias, version, or $LATEST): */
+    int max_retry_attempts; /* 0-2, default 2 */
+    int max_event_age_s;    /* 60-21600, default 21600 */
+    char *on_success;       /* destination ARN, or NULL */
+    char *on_failure;       /* destination ARN, or NULL */
 } fn_config_t;
 
 /* Opens (creating if needed) DATA/flicker.db and the blob directories. */
@@ -122,6 +128,15 @@ int store_alias_put(store_t *store, const char *name, const char *alias, json_t 
 int store_alias_delete(store_t *store, const char *name, const char *alias, err_t *err);
 /* Aliases ordered by name. */
 json_t *store_alias_list(store_t *store, const char *name);
+
+/* Event-invoke configs, one per (function, qualifier: "$LATEST", a version
+ * number or an alias), stored as FunctionEventInvokeConfig objects.
+ * Deleting the function, version or alias deletes its config. */
+json_t *store_eic_get(store_t *store, const char *name, const char *qual);
+int store_eic_put(store_t *store, const char *name, const char *qual, json_t *cfg, err_t *err);
+int store_eic_delete(store_t *store, const char *name, const char *qual, err_t *err);
+/* All configs of a function ordered by qualifier. */
+json_t *store_eic_list(store_t *store, const char *name);
 
 /* Tags of a function as an object (empty object when none). */
 json_t *store_tags_get(store_t *store, const char *name);

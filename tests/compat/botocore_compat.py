@@ -177,6 +177,15 @@ def main():
         expect('list functions paging', names == ['f', 'g0', 'g1', 'g2'], names)
         st, r = d.call('ListFunctions', {'FunctionVersion': 'ALL'})
         expect('list functions ALL', st == 200 and len(r['Functions']) == 5, r)
+        st, r = d.call('PutFunctionEventInvokeConfig', {'FunctionName': 'f', 'MaximumRetryAttempts': 1,
+            'DestinationConfig': {'OnFailure': {'Destination': arn + 'x'}}})
+        expect('put event invoke config', st == 200 and r['MaximumRetryAttempts'] == 1
+               and r['DestinationConfig']['OnFailure']['Destination'] == arn + 'x', r)
+        st, r = d.call('GetFunctionEventInvokeConfig', {'FunctionName': 'f'})
+        expect('get event invoke config', st == 200 and r['FunctionArn'] == arn + ':$LATEST'
+               and hasattr(r['LastModified'], 'year'), r)
+        st, r = d.call('ListFunctionEventInvokeConfigs', {'FunctionName': 'f'})
+        expect('list event invoke configs', st == 200 and len(r['FunctionEventInvokeConfigs']) == 1, r)
         st, r = d.call('DeleteFunction', {'FunctionName': arn})
         expect('delete function', st == 204, r)
         st, r = d.call('GetFunction', {'FunctionName': 'f'})

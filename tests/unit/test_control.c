@@ -1037,6 +1037,80 @@ static void test_misc(void)
     teardown();
 }
 
+static void test_event_invoke_config(void)
+{
+    setup();
+    create("ev", NULL);
+    req("POST", "/2015-03-31/functions/ev/versions", NULL, NULL);
+    req("POST", "/2015-03-31/functions/ev/aliases", NULL,
+        "{\"Name\":\"prod\",\"FunctionVersion\":\"1\"}");
+    req("GET", "/2019-09-25/functions/ev/event-invoke-config", NULL, NULL);
+    CHECK(is_err(404, "ResourceNotFoundException"));
+    CHECK(msg_has("doesn't have an EventInvokeConfig"));
+    req("PUT", "/2019-09-25/functions/ev/event-invoke-config", NULL,
+        "{\"MaximumRetryAttempts\":3}");
+    CHECK(is_err(400, "ValidationException"));
+    req("PUT", "/2019-09-25/functions/ev/event-invoke-config", NULL,
+        "{\"MaximumEventAgeInSeconds\":59,\"MaximumRetryAttempts\":-1}");
+    CHECK(is_err(400, "ValidationException"));
+    CHECK(msg_has("2 validation errors"));
+    req("PUT", "/2019-09-25/functions/ev/event-invoke-config", NULL,
+        "{\"DestinationConfig\":{\"OnFailure\":{\"Destination\":\"nope\"}}}");
+    CHECK(is_err(400, "ValidationException"));
+    req("POST", "/2019-09-25/functions/ev/event-invoke-config", NULL,
+        "{\"MaximumRetryAttempts\":1}");
+    CHECK(is_err(404, "ResourceNotFoundException"));
+    req("PUT", "/2019-09-25/functions/ev/event-invoke-config", NULL,
+        "{\"MaximumRetryAttempts\":0,\"DestinationConfig\":{\"OnFailure\":{\"Destination\":"
+        "\"arn:aws:lambda:us-east-1:123456789012:function:dlq\"}}}");
+    CHECK(is_err(200, ""));
+    CHECK_STR(rs("FunctionArn"), ARN_PREFIX "ev:$LATEST");
+    CHECK(ri("MaximumRetryAttempts") == 0);
+    CHECK(json_is_real(json_object_get(R.body, "LastModified")));
+    CHECK(!json_object_get(R.body, "_Qualifier"));
+    req("POST", "/2019-09-25/functions/ev/event-invoke-config", NULL,
+        "{\"MaximumEventAgeInSeconds\":120}");
+    CHECK(is_err(200, ""));
+    CHECK(ri("MaximumRetryAttempts") == 0 && ri("MaximumEventAgeInSeconds") == 120);
+    req("PUT", "/2019-09-25/functions/ev/event-invoke-config", "Qualifier=prod",
+        "{\"MaximumRetryAttempts\":1}");
+    CHECK(is_err(200, ""));
+    CHECK_STR(rs("FunctionArn"), ARN_PREFIX "ev:prod");
+    req("PUT", "/2019-09-25/functions/ev/event-invoke-config", "Qualifier=nope",
+        "{\"MaximumRetryAttempts\":1}");
+    CHECK(is_err(404, "ResourceNotFoundException"));
+    req("GET", "/2019-09-25/functions/ev/event-invoke-config/list", "MaxItems=1", NULL);
+    CHECK(is_err(200, ""));
+    CHECK(json_array_size(json_object_get(R.body, "FunctionEventInvokeConfigs")) == 1);
+    CHECK(rs("NextMarker"));
+
+    fn_config_t *fc = NULL;
+    err_t e = {0};
+    CHECK(store_resolve(S, "ev", NULL, &fc, &e) == 0);
+    int ok1 = fc->max_retry_attempts == 0 && fc->max_event_age_s == 120 && !fc->on_success &&
+              fc->on_failure && !strcmp(fc->on_failure, ARN_PREFIX "dlq");
+    fn_config_free(fc);
+    CHECK(ok1);
+    CHECK(store_resolve(S, "ev:prod", NULL, &fc, &e) == 0);
+    int ok2 = fc->max_retry_attempts == 1 && fc->max_event_age_s == 21600 && !fc->on_failure;
+    fn_config_free(fc);
+    CHECK(ok2);
+    CHECK(store_resolve(S, "ev:1", NULL, &fc, &e) == 0);
+    int ok3 = fc->max_retry_attempts == 2 && fc->max_event_age_s == 21600;
+    fn_config_free(fc);
+    CHECK(ok3);
+
+    /* deleting the alias deletes its config */
+    req("DELETE", "/2015-03-31/functions/ev/aliases/prod", NULL, NULL);
+    req("GET", "/2019-09-25/functions/ev/event-invoke-config/list", NULL, NULL);
+    CHECK(json_array_size(json_object_get(R.body, "FunctionEventInvokeConfigs")) == 1);
+    req("DELETE", "/2019-09-25/functions/ev/event-invoke-config", NULL, NULL);
+    CHECK(is_err(204, ""));
+    req("DELETE", "/2019-09-25/functions/ev/event-invoke-config", NULL, NULL);
+    CHECK(is_err(404, "ResourceNotFoundException"));
+    teardown();
+}
+
 int main(void)
 {
     make_fixtures();
@@ -1052,6 +1126,7 @@ int main(void)
     RUN(test_persistence);
     RUN(test_routing);
     RUN(test_misc);
+    RUN(test_event_invoke_config);
     if (S)
         teardown();
     json_decref(R.body);
