@@ -5,8 +5,11 @@
  * layer (frontend/http.c) authenticates first, then calls it for every path
  * that is not an Invoke.
  *
- * Paths are matched on the decoded path; both the 2.9-era trailing-slash
- * forms and the plain forms are accepted. */
+ * Paths are matched on the decoded path (botocore sends ':' in ARNs as %3A;
+ * the HTTP layer must percent-decode the path once); both the 2.9-era
+ * trailing-slash forms and the plain forms are accepted.  The query is
+ * passed raw and decoded here (repeated keys such as tagKeys are kept).
+ * See docs/api.md for the operations and deviations. */
 #ifndef FLICKER_CONTROL_H
 #define FLICKER_CONTROL_H
 #include <jansson.h>
@@ -46,7 +49,10 @@ typedef struct control_config {
 int control_handle(store_t *store, const control_config_t *cfg, const api_request_t *req,
                    api_response_t *resp);
 
-/* Fills *resp with a Lambda error: status, type, {"Type":"User","message":msg}. */
+/* Fills *resp with a Lambda error: status, type, {"Type":"User","message":msg}
+ * ("Message" for the shapes botocore models that way, e.g.
+ * ResourceNotFoundException, ServiceException, InvalidRuntimeException).
+ * Non-printable / non-ASCII bytes of the message become '?'. */
 void api_error(api_response_t *resp, int status, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 #endif

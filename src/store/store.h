@@ -35,7 +35,16 @@ typedef struct fn_config {
     char *revision_id;     /* changes whenever the config or code changes */
     int reserved_concurrency; /* -1 when not set */
     char *config_key;      /* identifies this exact runnable config:
-                              environments are reusable only for equal keys */
+                              environments are reusable only for equal keys
+                              ("name:version:revision_id") */
+    char *alias;           /* alias the reference went through, else NULL */
+    char *qualified_arn;   /* ARN of the version run (":$LATEST" or ":N") */
+    /* Asynchronous invocation (PutFunctionEventInvokeConfig) of the
+     * qualifier the reference used (alias, version, or $LATEST): */
+    int max_retry_attempts; /* 0-2, default 2 */
+    int max_event_age_s;    /* 60-21600, default 21600 */
+    char *on_success;       /* destination ARN, or NULL */
+    char *on_failure;       /* destination ARN, or NULL */
 } fn_config_t;
 
 /* Opens (creating if needed) DATA/flicker.db and the blob directories. */
@@ -53,6 +62,101 @@ int store_resolve(store_t *store, const char *name, const char *qualifier, fn_co
                   err_t *err);
 void fn_config_free(fn_config_t *cfg);
 
+/* Splits a function reference (name, "name:qualifier", partial ARN
+ * "ACCOUNT:function:name[:q]", full ARN "arn:aws:lambda:REGION:ACCOUNT:
+ * function:name[:q]") into a malloc'd *name (1-64 of [A-Za-z0-9_-]) and
+ * *qual (NULL when none; 1-128 of [A-Za-z0-9$_-]).  Returns 0, or -1 with
+ * err->code EINVAL (malformed) or ENOENT (ARN of another region/account). */
+int store_parse_ref(store_t *store, const char *ref, char **name, char **qual, err_t *err);
+
 /* Sum of all functions' reserved concurrency. */
 int store_total_reserved(store_t *store);
+
+/* ---- Lower-level API used by the control plane (frontend/control.c) ----
+ *
+ * Configurations are stored as JSON objects in the FunctionConfiguration
+ * shape Lambda returns, plus internal members whose names start with '_'
+ * (the control plane strips them before answering):
+ *   _CodeHex       lowercase hex SHA-256 of the zip (names blob and code dir)
+ *   _SourceRevision (versions) the $LATEST RevisionId it was published from
+ * Aliases are stored as AliasConfiguration objects.  Functions that return
+ * json_t * return a new reference (NULL when absent); setters borrow.
+ * Errors: -1 with err->code ENOENT (missing), EEXIST (duplicate) or EIO. */
+
+/* Transactions (BEGIN IMMEDIATE / COMMIT / ROLLBACK).  Not nestable. */
+int store_begin(store_t *store, err_t *err);
+int store_commit(store_t *store, err_t *err);
+void store_rollback(store_t *store);
+
+const char *store_region(store_t *store);
+const char *store_account(store_t *store);
+const char *store_data_dir(store_t *store);
+
+/* $LATEST configuration of a function, or NULL. */
+json_t *store_fn_get(store_t *store, const char *name);
+/* Inserts a new function (EEXIST if present) with its $LATEST config. */
+int store_fn_insert(store_t *store, const char *name, json_t *latest, err_t *err);
+/* Replaces $LATEST (ENOENT if absent). */
+int store_fn_update(store_t *store, const char *name, json_t *latest, err_t *err);
+/* Deletes a function with its versions, aliases, tags and concurrency. */
+int store_fn_delete(store_t *store, const char *name, err_t *err);
+/* All functions' $LATEST configs, ordered by name (byte order). */
+json_t *store_fn_list(store_t *store);
+int store_fn_count(store_t *store);
+
+/* Reserved concurrency of a function: >= 0, or -1 when not set / no function. */
+int store_get_reserved(store_t *store, const char *name);
+/* Sets (n >= 0) or clears (n < 0) the reserved concurrency. */
+int store_set_reserved(store_t *store, const char *name, int n, err_t *err);
+
+/* Allocates the next version number of a function (never reused, even
+ * after deletions): returns >= 1, or -1/err. */
+long store_next_version(store_t *store, const char *name, err_t *err);
+/* Highest existing published version, or 0 when none. */
+long store_last_version(store_t *store, const char *name);
+json_t *store_version_get(store_t *store, const char *name, long version);
+int store_version_insert(store_t *store, const char *name, long version, json_t *cfg,
+                         err_t *err);
+int store_version_delete(store_t *store, const char *name, long version, err_t *err);
+/* Published versions' configs ordered by number (without $LATEST). */
+json_t *store_version_list(store_t *store, const char *name);
+
+json_t *store_alias_get(store_t *store, const char *name, const char *alias);
+/* Inserts (EEXIST if present) or, with replace, overwrites an alias. */
+int store_alias_put(store_t *store, const char *name, const char *alias, json_t *cfg,
+                    int replace, err_t *err);
+int store_alias_delete(store_t *store, const char *name, const char *alias, err_t *err);
+/* Aliases ordered by name. */
+json_t *store_alias_list(store_t *store, const char *name);
+
+/* Event-invoke configs, one per (function, qualifier: "$LATEST", a version
+ * number or an alias), stored as FunctionEventInvokeConfig objects.
+ * Deleting the function, version or alias deletes its config. */
+json_t *store_eic_get(store_t *store, const char *name, const char *qual);
+int store_eic_put(store_t *store, const char *name, const char *qual, json_t *cfg, err_t *err);
+int store_eic_delete(store_t *store, const char *name, const char *qual, err_t *err);
+/* All configs of a function ordered by qualifier. */
+json_t *store_eic_list(store_t *store, const char *name);
+
+/* Tags of a function as an object (empty object when none). */
+json_t *store_tags_get(store_t *store, const char *name);
+/* Replaces all tags of a function with obj (string values). */
+int store_tags_set(store_t *store, const char *name, json_t *obj, err_t *err);
+
+/* Sum of CodeSize over every $LATEST and published version. */
+uint64_t store_total_code_size(store_t *store);
+
+/* Code.  store_put_code validates the zip (see codezip.h), keeps it at
+ * DATA/blobs/<hex>.zip and extracted at DATA/code/<hex>/ (both reused when
+ * already present: the directory name is the content hash).  On success
+ * fills hex[65] and b64[45] (the CodeSha256) and returns 0; on failure
+ * -1 with err->code EINVAL (bad or hostile zip), EFBIG (unzipped limit), or
+ * an I/O errno, and err->msg fit for the client for EINVAL/EFBIG. */
+int store_put_code(store_t *store, const void *zip, size_t len, char hex[65], char b64[45],
+                   err_t *err);
+/* Host paths of a code blob / extracted tree (malloc'd). */
+char *store_code_dir(store_t *store, const char *hex);
+char *store_blob_path(store_t *store, const char *hex);
+/* Overrides the unzipped-size limit (tests only; default 262144000). */
+void store_set_unzipped_limit(store_t *store, uint64_t limit);
 #endif

@@ -1,0 +1,357 @@
+/* test_store.c - the store below the control plane: codezip extraction
+ * rules, function reference parsing, store_resolve semantics, CRUD and
+ * persistence across store_close/store_open. */
+#include <dirent.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "common/util.h"
+#include "store/codezip.h"
+#include "store/store.h"
+#include "zipfix.h"
+
+static char TMP[256];
+
+static void mktmp(void)
+{
+    snprintf(TMP, sizeof TMP, "/tmp/flicker-test-store-XXXXXX");
+    if (!mkdtemp(TMP))
+        abort();
+}
+
+static int extract(const zent_t *e, int n, uint64_t limit, uint32_t max_entries, err_t *err,
+                   char **dest_out)
+{
+    size_t len;
+    unsigned char *z = zip_build(e, n, &len);
+    char *dest = xasprintf("%s/out", TMP);
+    int rc = codezip_extract(z, len, dest, limit, max_entries, NULL, err);
+    free(z);
+    *dest_out = dest;
+    return rc;
+}
+
+static mode_t mode_of(const char *dir, const char *rel)
+{
+    char *p = xasprintf("%s/%s", dir, rel);
+    struct stat st;
+    int rc = lstat(p, &st);
+    free(p);
+    return rc < 0 ? 0 : st.st_mode;
+}
+
+static void test_codezip_good(void)
+{
+    mktmp();
+    zent_t e[] = {{"bootstrap", "#!/bin/sh\n", 0, S_IFREG | 0700},
+                  {"./a//b/c.txt", "hello", 0, S_IFREG | 0600},
+                  {"d/", NULL, 0, 0},
+                  {"plain", "dos-made", 0, 0}};
+    err_t err = {0};
+    char *dest = NULL;
+    uint64_t total = 0;
+    size_t len;
+    unsigned char *z = zip_build(e, 4, &len);
+    dest = xasprintf("%s/out", TMP);
+    int rc = codezip_extract(z, len, dest, CODEZIP_MAX_UNZIPPED, 100, &total, &err);
+    free(z);
+    if (rc < 0)
+        printf("  %s\n", err.msg);
+    CHECK(rc == 0);
+    CHECK(total == strlen("#!/bin/sh\n") + 5 + 8);
+    CHECK((mode_of(dest, "bootstrap") & 07777) == 0755);
+    CHECK((mode_of(dest, "a/b/c.txt") & 07777) == 0644);
+    CHECK(S_ISDIR(mode_of(dest, "a")) && (mode_of(dest, "a") & 0777) == 0755);
+    CHECK(S_ISDIR(mode_of(dest, "d")));
+    CHECK((mode_of(dest, "plain") & 07777) == 0644);
+    free(dest);
+    rm_rf(TMP, NULL);
+}
+
+#define LONG10 "aaaaaaaaaa"
+#define LONG_NAME LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 \
+    LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 \
+    LONG10 LONG10 LONG10 LONG10 LONG10 LONG10 LONG10
+
+static void test_codezip_hostile(void)
+{
+    mktmp();
+    struct {
+        zent_t e[2];
+        int n;
+        int code;
+    } cases[] = {
+        {{{"../x", "x", 0, 0}}, 1, EINVAL},
+        {{{"a/../../x", "x", 0, 0}}, 1, EINVAL},
+        {{{"/etc/x", "x", 0, 0}}, 1, EINVAL},
+        {{{"l", "../../etc", 0, S_IFLNK | 0777}}, 1, EINVAL},
+        {{{"l", "inside", 0, S_IFLNK | 0777}}, 1, EINVAL}, /* all symlinks are refused */
+        {{{"dev", "", 0, S_IFCHR | 0644}}, 1, EINVAL},
+        {{{"sock", "", 0, S_IFSOCK | 0644}}, 1, EINVAL},
+        {{{"f", "1", 0, 0}, {"f/g", "2", 0, 0}}, 2, EINVAL},
+        {{{"a", "1", 0, 0}, {"b", "2", 0, 0}}, 2, EINVAL}, /* over the entry cap of 1 */
+        {{{LONG_NAME, "1", 0, 0}}, 1, EINVAL},
+        {{{"d/" LONG_NAME "/x", "1", 0, 0}}, 1, EINVAL},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        err_t err = {0};
+        char *dest = NULL;
+        int rc = extract(cases[i].e, cases[i].n, CODEZIP_MAX_UNZIPPED, i == 8 ? 1 : 100, &err,
+                         &dest);
+        int gone = access(dest, F_OK) != 0;
+        free(dest);
+        if (rc == 0 || err.code != cases[i].code || !gone)
+            printf("  case %zu: rc %d code %d gone %d\n", i, rc, err.code, gone);
+        CHECK(rc < 0 && err.code == cases[i].code && gone);
+    }
+    /* not a zip at all, and a truncated one */
+    err_t err = {0};
+    char *dest = xasprintf("%s/out", TMP);
+    CHECK(codezip_extract("hello", 5, dest, 1000, 10, NULL, &err) < 0 && err.code == EINVAL);
+    CHECK(strstr(err.msg, "Could not unzip uploaded file"));
+    zent_t one[] = {{"f", "some data that is long enough", 0, 0}};
+    size_t len;
+    unsigned char *z = zip_build(one, 1, &len);
+    CHECK(codezip_extract(z, len / 2, dest, 1000, 10, NULL, &err) < 0 && err.code == EINVAL);
+    /* a zip bomb: sizes are counted as written */
+    size_t big = 4 << 20;
+    char *zeros = calloc(1, big);
+    zent_t bomb[] = {{"z1", zeros, big, 0}, {"z2", zeros, big, 0}};
+    unsigned char *bz = zip_build(bomb, 2, &len);
+    free(zeros);
+    CHECK(len < 100000);
+    int rc = codezip_extract(bz, len, dest, 6 << 20, 10, NULL, &err);
+    CHECK(rc < 0 && err.code == EFBIG && access(dest, F_OK) != 0);
+    CHECK(strstr(err.msg, "Unzipped size must be smaller than 6291456 bytes"));
+    CHECK(codezip_extract(bz, len, dest, 8 << 20, 10, NULL, &err) == 0);
+    /* an empty zip (only the end record) is valid and empty */
+    rm_rf(dest, NULL);
+    size_t elen = 0;
+    void *empty = base64_decode("UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==", 32, &elen);
+    rc = codezip_extract(empty, elen, dest, 1000, 10, NULL, &err);
+    free(empty);
+    CHECK(rc == 0);
+    rm_rf(dest, NULL);
+    free(bz);
+    free(z);
+    free(dest);
+    CHECK(codezip_check_name("a/b") == 0 && codezip_check_name("..a/b..") == 0);
+    CHECK(codezip_check_name("") < 0 && codezip_check_name("..") < 0 &&
+          codezip_check_name("a/..") < 0 && codezip_check_name("/a") < 0);
+    rm_rf(TMP, NULL);
+}
+
+static void test_parse_ref(void)
+{
+    mktmp();
+    err_t e = {0};
+    store_t *s = store_open(TMP, "us-east-1", "123456789012", &e);
+    CHECK(s);
+    struct {
+        const char *ref, *name, *qual;
+        int code;
+    } cases[] = {
+        {"fn", "fn", NULL, 0},
+        {"fn:prod", "fn", "prod", 0},
+        {"fn:$LATEST", "fn", "$LATEST", 0},
+        {"123456789012:function:fn", "fn", NULL, 0},
+        {"123456789012:function:fn:3", "fn", "3", 0},
+        {"arn:aws:lambda:us-east-1:123456789012:function:fn", "fn", NULL, 0},
+        {"arn:aws:lambda:us-east-1:123456789012:function:fn:a-b_c", "fn", "a-b_c", 0},
+        {"arn:aws:lambda:eu-west-1:123456789012:function:fn", NULL, NULL, ENOENT},
+        {"999999999999:function:fn", NULL, NULL, ENOENT},
+        {"arn:aws:s3:us-east-1:123456789012:function:fn", NULL, NULL, EINVAL},
+        {"", NULL, NULL, EINVAL},
+        {"fn:", NULL, NULL, EINVAL},
+        {"a b", NULL, NULL, EINVAL},
+        {"fn.x", NULL, NULL, EINVAL},
+        {"a:b:c", NULL, NULL, EINVAL},
+        {"a:b:c:d:e:f:g:h:i:j:k", NULL, NULL, EINVAL},
+        {"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", NULL, NULL, EINVAL},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        char *n = NULL, *q = NULL;
+        e.code = 0;
+        int rc = store_parse_ref(s, cases[i].ref, &n, &q, &e);
+        int good = cases[i].code ? (rc < 0 && e.code == cases[i].code && !n && !q)
+                                 : (rc == 0 && !strcmp(n, cases[i].name) &&
+                                    (cases[i].qual ? q && !strcmp(q, cases[i].qual) : !q));
+        if (!good)
+            printf("  case %zu '%s': rc %d code %d\n", i, cases[i].ref, rc, e.code);
+        free(n);
+        free(q);
+        CHECK(good);
+    }
+    store_close(s);
+    rm_rf(TMP, NULL);
+}
+
+static json_t *mkcfg(const char *name, const char *hex, const char *rev)
+{
+    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:{s:i}, s:{s:{s:s}}, s:s, s:s, s:s, s:i}",
+                     "FunctionName", name, "Version", "$LATEST", "Runtime", "python3.12",
+                     "Handler", "a.b", "MemorySize", 256, "Timeout", 7, "EphemeralStorage",
+                     "Size", 600, "Environment", "Variables", "K1", "v1", "CodeSha256", "c2hh",
+                     "_CodeHex", hex, "RevisionId", rev, "CodeSize", 10);
+}
+
+static void test_store_crud_and_resolve(void)
+{
+    mktmp();
+    err_t e = {0};
+    store_t *s = store_open(TMP, "us-east-1", "123456789012", &e);
+    CHECK(s);
+    json_t *cfg = mkcfg("f", "abc", "rev-1");
+    CHECK(store_fn_insert(s, "f", cfg, &e) == 0);
+    CHECK(store_fn_insert(s, "f", cfg, &e) < 0 && e.code == EEXIST);
+    CHECK(store_fn_count(s) == 1);
+    CHECK(store_next_version(s, "f", &e) == 1);
+    json_object_set_new(cfg, "Version", json_string("1"));
+    CHECK(store_version_insert(s, "f", 1, cfg, &e) == 0);
+    json_decref(cfg);
+    CHECK(store_next_version(s, "nope", &e) < 0 && e.code == ENOENT);
+    CHECK(store_last_version(s, "f") == 1);
+    CHECK(store_total_code_size(s) == 20);
+    json_t *alias = json_pack("{s:s, s:s}", "Name", "prod", "FunctionVersion", "1");
+    CHECK(store_alias_put(s, "f", "prod", alias, 0, &e) == 0);
+    CHECK(store_alias_put(s, "f", "prod", alias, 0, &e) < 0 && e.code == EEXIST);
+    json_decref(alias);
+    CHECK(store_set_reserved(s, "f", 7, &e) == 0);
+    CHECK(store_set_reserved(s, "nope", 7, &e) < 0 && e.code == ENOENT);
+    json_t *tags = json_pack("{s:s}", "k", "v");
+    CHECK(store_tags_set(s, "f", tags, &e) == 0);
+    json_decref(tags);
+
+    fn_config_t *fc = NULL;
+    CHECK(store_resolve(s, "f", NULL, &fc, &e) == 0);
+    CHECK_STR(fc->name, "f");
+    CHECK_STR(fc->version, "$LATEST");
+    CHECK_STR(fc->arn, "arn:aws:lambda:us-east-1:123456789012:function:f");
+    CHECK_STR(fc->runtime, "python3.12");
+    CHECK(fc->memory_mb == 256 && fc->timeout_s == 7 && fc->ephemeral_mb == 600);
+    CHECK(fc->reserved_concurrency == 7);
+    CHECK_STR(json_string_value(json_object_get(fc->env_vars, "K1")), "v1");
+    char *want_dir = xasprintf("%s/code/abc", TMP);
+    int dir_ok = !strcmp(fc->code_dir, want_dir);
+    free(want_dir);
+    CHECK(dir_ok);
+    CHECK_STR(fc->config_key, "f:$LATEST:rev-1");
+    CHECK(fc->alias == NULL);
+    fn_config_free(fc);
+    CHECK(store_resolve(s, "f:prod", NULL, &fc, &e) == 0);
+    CHECK_STR(fc->version, "1");
+    CHECK_STR(fc->alias, "prod");
+    CHECK_STR(fc->config_key, "f:1:rev-1");
+    fn_config_free(fc);
+    CHECK(store_resolve(s, "f", "1", &fc, &e) == 0);
+    fn_config_free(fc);
+    CHECK(store_resolve(s, "f:1", "2", &fc, &e) < 0 && e.code == EINVAL);
+    CHECK(strstr(e.msg, "derived qualifier"));
+    CHECK(store_resolve(s, "f", "2", &fc, &e) < 0 && e.code == ENOENT);
+    CHECK(store_resolve(s, "g", NULL, &fc, &e) < 0 && e.code == ENOENT);
+    CHECK(strstr(e.msg, "Function not found: arn:aws:lambda:us-east-1:123456789012:function:g"));
+    CHECK(store_resolve(s, "bad name", NULL, &fc, &e) < 0 && e.code == EINVAL);
+    CHECK(store_resolve(s, "f", "bad qual!", &fc, &e) < 0 && e.code == EINVAL);
+    CHECK(fc == NULL);
+
+    /* persistence */
+    store_close(s);
+    s = store_open(TMP, "us-east-1", "123456789012", &e);
+    CHECK(s);
+    CHECK(store_fn_count(s) == 1 && store_get_reserved(s, "f") == 7);
+    CHECK(store_total_reserved(s) == 7);
+    json_t *t = store_tags_get(s, "f");
+    int tag_ok = !strcmp(json_string_value(json_object_get(t, "k")), "v");
+    json_decref(t);
+    CHECK(tag_ok);
+    CHECK(store_resolve(s, "f:prod", NULL, &fc, &e) == 0);
+    fn_config_free(fc);
+    CHECK(store_next_version(s, "f", &e) == 2);
+
+    /* delete cascades */
+    CHECK(store_fn_delete(s, "f", &e) == 0);
+    CHECK(store_fn_delete(s, "f", &e) < 0 && e.code == ENOENT);
+    json_t *al = store_alias_list(s, "f");
+    json_t *vl = store_version_list(s, "f");
+    int empty = json_array_size(al) == 0 && json_array_size(vl) == 0;
+    json_decref(al);
+    json_decref(vl);
+    CHECK(empty);
+    CHECK(store_total_reserved(s) == 0 && store_total_code_size(s) == 0);
+    store_close(s);
+    rm_rf(TMP, NULL);
+}
+
+static void test_put_code_dedupe(void)
+{
+    mktmp();
+    err_t e = {0};
+    store_t *s = store_open(TMP, "us-east-1", "123456789012", &e);
+    CHECK(s);
+    zent_t z[] = {{"bootstrap", "#!/bin/sh\n", 0, S_IFREG | 0755}};
+    size_t len;
+    unsigned char *zip = zip_build(z, 1, &len);
+    char hex[65], b64[45], hex2[65], b642[45];
+    CHECK(store_put_code(s, zip, len, hex, b64, &e) == 0);
+    CHECK(store_put_code(s, zip, len, hex2, b642, &e) == 0);
+    CHECK_STR(hex, hex2);
+    CHECK_STR(b64, b642);
+    CHECK(strlen(hex) == 64 && strlen(b64) == 44);
+    char *blob = store_blob_path(s, hex);
+    size_t blen = 0;
+    char *data = read_file(blob, 1 << 20, &blen, &e);
+    int same = data && blen == len && !memcmp(data, zip, len);
+    free(data);
+    free(blob);
+    CHECK(same);
+    char *dir = store_code_dir(s, hex);
+    CHECK((mode_of(dir, "bootstrap") & 0777) == 0755);
+    free(dir);
+    free(zip);
+    CHECK(store_put_code(s, "junk", 4, hex, b64, &e) < 0 && e.code == EINVAL);
+    /* no temp dirs left behind */
+    char *codedir = xasprintf("%s/code", TMP);
+    DIR *d = opendir(codedir);
+    int n = 0;
+    struct dirent *de;
+    while (d && (de = readdir(d)))
+        n += de->d_name[0] != '.' || strncmp(de->d_name, ".tmp", 4) == 0;
+    if (d)
+        closedir(d);
+    free(codedir);
+    CHECK(n == 1);
+    store_close(s);
+    rm_rf(TMP, NULL);
+}
+
+static void test_schema_version(void)
+{
+    mktmp();
+    err_t e = {0};
+    store_t *s = store_open(TMP, "us-east-1", "123456789012", &e);
+    CHECK(s);
+    store_close(s);
+    s = store_open(TMP, "us-east-1", "123456789012", &e);
+    CHECK(s);
+    store_close(s);
+    /* a path that cannot be a directory */
+    char *bad = xasprintf("%s/file", TMP);
+    write_file_atomic(bad, "x", 1, 0644, NULL);
+    s = store_open(bad, "us-east-1", "123456789012", &e);
+    free(bad);
+    CHECK(s == NULL);
+    rm_rf(TMP, NULL);
+}
+
+int main(void)
+{
+    RUN(test_codezip_good);
+    RUN(test_codezip_hostile);
+    RUN(test_parse_ref);
+    RUN(test_store_crud_and_resolve);
+    RUN(test_put_code_dedupe);
+    RUN(test_schema_version);
+    CHECK_EXIT();
+}
