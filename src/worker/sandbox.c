@@ -133,6 +133,7 @@ struct sandbox {
     int slot;
     bool reaped;
     int status;
+    int memory_mb;
     cgroup_t cg;
 };
 
@@ -815,8 +816,8 @@ int sandbox_create(const sandbox_spec_t *spec, sandbox_t **out, err_t *err) {
     STACK_UNPOISON(stack, CHILD_STACK);
     munmap(stack, CHILD_STACK);
     stack = NULL;
-    uint64_t quota = cgroup_cpu_quota(spec->memory_mb, CPU_PERIOD_US);
-    if (g_root.ops->set_cpu(&sb->cg, quota, CPU_PERIOD_US, err) < 0) goto fail;
+    sb->memory_mb = spec->memory_mb;
+    if (!spec->defer_cpu_limit && sandbox_apply_cpu_limit(sb, err) < 0) goto fail;
     fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
     sb->out_fd = pipefd[0];
     pipefd[0] = -1;
@@ -880,6 +881,12 @@ int sandbox_signal(sandbox_t *sb, int sig, err_t *err) {
     if (syscall(SYS_pidfd_send_signal, sb->pidfd, sig, NULL, 0) < 0)
         return err_sys(err, "signal sandbox %s", sb->id);
     return 0;
+}
+
+int sandbox_apply_cpu_limit(sandbox_t *sb, err_t *err)
+{
+    uint64_t quota = cgroup_cpu_quota(sb->memory_mb, CPU_PERIOD_US);
+    return g_root.ops->set_cpu(&sb->cg, quota, CPU_PERIOD_US, err);
 }
 
 int sandbox_freeze(sandbox_t *sb, err_t *err) { return g_root.ops->freeze(&sb->cg, true, err); }

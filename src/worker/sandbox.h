@@ -35,6 +35,7 @@
  *    private.  /tmp is tmpfs and is charged to the memory limit. */
 #ifndef FLICKER_SANDBOX_H
 #define FLICKER_SANDBOX_H
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include "common/err.h"
@@ -48,6 +49,8 @@ typedef struct sandbox_spec {
     int pids_max;             /* pids limit (0 = default 1024) */
     char *const *argv;        /* program to run inside, as seen inside */
     char *const *envp;        /* its complete environment */
+    bool defer_cpu_limit;     /* run unthrottled until sandbox_apply_cpu_limit
+                                 (Init gets the host's CPUs, as Lambda boosts Init) */
 } sandbox_spec_t;
 
 typedef struct sandbox sandbox_t;
@@ -88,6 +91,9 @@ int sandbox_signal(sandbox_t *sb, int sig, err_t *err);
 /* After sandbox_pidfd is readable: reaps PID 1 and returns its wait status
  * in *status.  Returns 1 when reaped, 0 when still running, -1/err. */
 int sandbox_reap(sandbox_t *sb, int *status, err_t *err);
+
+/* Applies the CPU quota proportional to memory (1769 MB = 1 vCPU). */
+int sandbox_apply_cpu_limit(sandbox_t *sb, err_t *err);
 
 /* Freezes / thaws every process of the sandbox (cgroup freezer). */
 int sandbox_freeze(sandbox_t *sb, err_t *err);

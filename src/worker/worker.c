@@ -315,6 +315,9 @@ static void handle_next(env_t *env, struct evhttp_request *req)
         evtimer_del(env->timer_ev);
         env->state = ENV_IDLE;
         env->ready_called = true;
+        err_t cerr;
+        if (sandbox_apply_cpu_limit(env->sb, &cerr) < 0)
+            log_warn("worker", "env %s: CPU limit: %s", env->id, cerr.msg);
         drain_output(env, SIZE_MAX);
         if (env->ready && !env->silent) {
             invoke_result_t none = {0};
@@ -752,6 +755,7 @@ env_t *worker_env_create(worker_t *w, const fn_config_t *cfg, env_ready_fn ready
         .ephemeral_mb = cfg->ephemeral_mb,
         .argv = argv.v,
         .envp = envp.v,
+        .defer_cpu_limit = true,
     };
     int rc = sandbox_create(&spec, &env->sb, err);
     sv_free(&argv);
