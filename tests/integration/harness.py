@@ -35,8 +35,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.parse
 import uuid
@@ -46,12 +44,10 @@ from pathlib import Path
 import pytest
 
 import boto3
-import botocore
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS = REPO / "tests" / "functions"
@@ -173,6 +169,15 @@ def cgroup_procs(path):
             return [int(x) for x in f.read().split()]
     except OSError:
         return []
+
+
+def sandbox_pids(cgroup_dirs):
+    """Every pid in the given cgroup directories (and their sub-cgroups)."""
+    pids = set()
+    for d in cgroup_dirs:
+        for root, _dirs, _files in os.walk(d):
+            pids.update(cgroup_procs(root))
+    return pids
 
 
 def host_mounts():

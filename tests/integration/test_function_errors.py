@@ -2,7 +2,6 @@
 X-Amz-Function-Error says Unhandled, and the body has Lambda's shape."""
 import re
 
-import pytest
 
 from harness import SLOW
 

@@ -8,7 +8,6 @@ counts invokes in this environment).  Event knobs:
   {"blob": "..."}          answer only with the blob's length
   {"write_tmp": "text"}    write /tmp/flicker-echo.txt
 """
-import json
 import os
 import sys
 import time
