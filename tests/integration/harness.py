@@ -24,6 +24,7 @@ wait_log(), restart(), stop(), kill9(), descendants(), log_text().
 
 Environment: FLICKER_BUILD (default <repo>/build) selects the binary.
 """
+import atexit
 import base64
 import hashlib
 import io
@@ -65,15 +66,28 @@ ROLE = "arn:aws:iam::000000000000:role/flicker-test"
 AWS_CLI = "/usr/bin/aws"
 
 # Generous: the machine is loaded and the ASan build is slower.
-SLOW = 3 if IS_ASAN else 1
+SLOW = 2 if IS_ASAN else 1
 READY_TIMEOUT = 60 * SLOW
 STOP_TIMEOUT = 30 * SLOW
-TEST_TIMEOUT = int(os.environ.get("FLICKER_TEST_TIMEOUT", str(240 * SLOW)))
+TEST_TIMEOUT = int(os.environ.get("FLICKER_TEST_TIMEOUT", str(180 * SLOW)))
 
 SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
 
 # Test-session-wide record of sanitizer findings of every server started.
 SANITIZER_FINDINGS = []
+# Every server started, so that none outlives the test process.
+ALL_SERVERS = []
+
+
+@atexit.register
+def _kill_leftover_servers():
+    for srv in ALL_SERVERS:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.proc.terminate()
+            try:
+                srv.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                srv.proc.kill()
 
 
 # --------------------------------------------------------------------------
@@ -280,6 +294,7 @@ class Server:
         self.logs_seen = []     # every log file of every generation
         self.exit_codes = []
         self._clients = {}
+        ALL_SERVERS.append(self)
 
     # ---- lifecycle ----
     @property
