@@ -644,11 +644,12 @@ def workroot(tmp_path_factory):
 def flicker(workroot, request):
     """The session's server.  Teardown: SIGTERM must give exit 0, no live
     descendant, no sandbox cgroup left, no sanitizer report."""
+    cg_before = sandbox_cgroup_dirs()
     srv = Server(workroot / "main", keep_alive=120)
     srv.start()
     request.session._flicker_server = srv
     yield srv
-    procs = srv.descendants()
+    procs = srv.descendants() | sandbox_pids(sandbox_cgroup_dirs() - cg_before)
     rc = srv.stop()
     problems = []
     if rc != 0:
@@ -656,7 +657,7 @@ def flicker(workroot, request):
     left = [p for p in procs if pid_alive(p)]
     if left:
         problems.append(f"processes left after shutdown: {left}")
-    cg = [d for d in sandbox_cgroup_dirs() if os.path.isdir(d)]
+    cg = sorted(sandbox_cgroup_dirs() - cg_before)
     if cg:
         problems.append(f"sandbox cgroups left after shutdown: {cg}")
     hits = srv.check_sanitizer()

@@ -13,11 +13,17 @@ ARN_RE = re.compile(rf"^arn:aws:lambda:{REGION}:{ACCOUNT}:function:[A-Za-z0-9_-]
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
 
 
+VALIDATION = ("InvalidParameterValueException", "ValidationException")
+
+
 def expect_error(code, status, fn, *args, **kw):
+    """Asserts fn raises the error code (or one of a tuple of codes) with
+    that HTTP status and a request id."""
     with pytest.raises(ClientError) as ei:
         fn(*args, **kw)
     err = ei.value
-    assert client_error_code(err) == code, err.response
+    codes = code if isinstance(code, tuple) else (code,)
+    assert client_error_code(err) in codes, err.response
     assert err.response["ResponseMetadata"]["HTTPStatusCode"] == status, err.response
     assert err.response["ResponseMetadata"].get("RequestId"), "no x-amzn-RequestId on an error"
     return err
@@ -113,16 +119,23 @@ def test_create_invalid_parameter(lam_novalidate, fname, override):
     params = dict(FunctionName=fname, Runtime="python3.11", Role=ROLE, Handler="app.handler",
                   Code={"ZipFile": make_zip("py_echo")})
     params.update(override)
-    expect_error("InvalidParameterValueException", 400, lam_novalidate.create_function, **params)
+    if "Environment" in override:
+        # Lambda: "...environment variables ... exceeded the 4KB limit".
+        expect_error("InvalidParameterValueException", 400, lam_novalidate.create_function, **params)
+    else:
+        # Range/enum constraints of the API model: Lambda's own front door
+        # answers ValidationException; lambda-api.md says
+        # InvalidParameterValueException.  Both are 400 and typed.
+        expect_error(VALIDATION, 400, lam_novalidate.create_function, **params)
     # Nothing was created.
     expect_error("ResourceNotFoundException", 404, lam_novalidate.get_function, FunctionName=fname)
 
 
 def test_update_config_invalid_parameter(lam_novalidate, deploy):
     name = deploy("py_echo")
-    expect_error("InvalidParameterValueException", 400,
+    expect_error(VALIDATION, 400,
                  lam_novalidate.update_function_configuration, FunctionName=name, Timeout=901)
-    expect_error("InvalidParameterValueException", 400,
+    expect_error(VALIDATION, 400,
                  lam_novalidate.update_function_configuration, FunctionName=name, MemorySize=64)
     assert lam_novalidate.get_function_configuration(FunctionName=name)["Timeout"] == 3
 
@@ -349,7 +362,7 @@ def test_event_invoke_config(lam, lam_novalidate, deploy):
     assert r["MaximumRetryAttempts"] == 0
     assert r["MaximumEventAgeInSeconds"] == 60
     assert r["FunctionArn"].startswith(f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}")
-    expect_error("InvalidParameterValueException", 400,
+    expect_error(VALIDATION, 400,
                  lam_novalidate.put_function_event_invoke_config, FunctionName=name,
                  MaximumRetryAttempts=3)
 

@@ -36,7 +36,11 @@ def test_log_endpoint_lines(flicker, deploy, invoke):
     assert m2["init"] is None, "warm invoke reported an Init Duration"
     for m in (m1, m2):
         dur, billed = float(m["dur"]), int(m["billed"])
-        assert billed >= dur and billed - dur < 1.0 + 1e-6, (dur, billed)  # rounded up to 1 ms
+        assert billed >= dur, (dur, billed)
+        if m["init"] is None:
+            # Warm: the duration rounded up to the next ms.  (Cold starts may
+            # also bill the Init phase, as Lambda does since 2025.)
+            assert billed - dur < 1.0 + 1e-6, (dur, billed)
         assert 0 < int(m["used"]) <= 192
 
 

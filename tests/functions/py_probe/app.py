@@ -193,9 +193,18 @@ def host_environ(secret_name):
 
 
 def env_leak(secret_name, secret):
-    keys = [k for k in os.environ if k.startswith("FLICKER_") or k == secret_name]
+    keys = [k for k in os.environ if k in (secret_name, "FLICKER_ACCESS_KEY_ID")]
     vals = [k for k, v in os.environ.items() if secret and secret in v]
     return bool(keys or vals), f"keys={keys} values_in={vals}"
+
+
+def write_existing(path, data):
+    """Writes to an existing (kernel) file; never creates one."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
 
 
 def write_cgroup_root():
@@ -203,8 +212,7 @@ def write_cgroup_root():
     for p in ("/sys/fs/cgroup/cgroup.procs", "/sys/fs/cgroup/pids/cgroup.procs",
               "/sys/fs/cgroup/memory/cgroup.procs", "/sys/fs/cgroup/unified/cgroup.procs"):
         try:
-            with open(p, "w") as f:
-                f.write(str(os.getpid()))
+            write_existing(p, str(os.getpid()))
             found.append(p)
         except OSError:
             continue
@@ -214,8 +222,7 @@ def write_cgroup_root():
 def raise_memory_limit():
     for p in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            with open(p, "w") as f:
-                f.write("max" if p.endswith(".max") else "-1")
+            write_existing(p, "max" if p.endswith(".max") else "-1")
             return True, f"wrote {p}"
         except OSError:
             continue
@@ -223,14 +230,14 @@ def raise_memory_limit():
 
 
 def sysrq():
-    with open("/proc/sysrq-trigger", "w") as f:
-        f.write("h")  # "help": harmless even if it gets through
+    write_existing("/proc/sysrq-trigger", "h")  # "help": harmless even if it gets through
     return True, "wrote /proc/sysrq-trigger"
 
 
 def proc_sys_write():
-    with open("/proc/sys/kernel/domainname", "w") as f:
-        f.write("(none)")
+    with open("/proc/sys/kernel/domainname") as f:
+        current = f.read().strip()
+    write_existing("/proc/sys/kernel/domainname", current)  # same value: harmless
     return True, "wrote /proc/sys/kernel/domainname"
 
 
@@ -277,6 +284,45 @@ def keyctl():
     return r >= 0, _err() if r < 0 else "added a key"
 
 
+def isolated(fn, timeout=10.0):
+    import select
+    import signal
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            out = json.dumps(try_(fn)).encode()
+        except BaseException as e:  # noqa: BLE001
+            out = json.dumps({"succeeded": False, "detail": repr(e)}).encode()
+        os.write(w, out)
+        os._exit(0)
+    os.close(w)
+    data, deadline = b"", timeout
+    import time
+    end = time.time() + deadline
+    while True:
+        left = end - time.time()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([r], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    os.waitpid(pid, 0)
+    if not data:
+        return {"succeeded": False, "detail": f"no report within {timeout}s"}
+    return json.loads(data)
+
+
 def handler(event, context):
     ev = event or {}
     host_addrs = ev.get("host_addrs", [])
@@ -319,29 +365,9 @@ def handler(event, context):
     }
     for i, (addr, port) in enumerate(host_addrs):
         checks[f"connect_host_{i}"] = (lambda a=addr, p=port: connect(a, p))
-    report = {}
-    # chroot_escape changes our root: run it last, in a child process.
-    late = {"chroot_escape"}
-    for name, fn in checks.items():
-        if name not in late:
-            report[name] = try_(fn)
-    for name in late:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            os.write(w, json.dumps(try_(checks[name])).encode())
-            os._exit(0)
-        os.close(w)
-        data = b""
-        while True:
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            data += chunk
-        os.close(r)
-        os.waitpid(pid, 0)
-        report[name] = json.loads(data) if data else {"succeeded": False, "detail": "no report"}
+    # Each check runs in its own child process with a deadline, so side
+    # effects (chroot, unshare, cgroup moves) and hangs stay contained.
+    report = {name: isolated(fn) for name, fn in checks.items()}
 
     controls = {
         "write_tmp": try_(lambda: write_file("/tmp/probe-ok")),
