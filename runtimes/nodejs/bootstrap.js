@@ -211,6 +211,12 @@ class RuntimeClient {
 
   async post(p, body, headers) {
     const res = await this.request('POST', p, body, headers);
+    if (res.status === 413 && p.endsWith('/response')) {
+      // The Runtime API already failed this invocation with
+      // Function.ResponseSizeTooLarge; the environment stays usable.
+      process.stderr.write(`response for ${p} refused: payload too large\n`);
+      return;
+    }
     if (res.status < 200 || res.status > 299) {
       throw new Error(`POST ${p} returned ${res.status}: ${res.body.toString().slice(0, 512)}`);
     }

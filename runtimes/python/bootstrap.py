@@ -411,8 +411,16 @@ class RuntimeClient(object):
         return resp.headers, data
 
     def post_response(self, request_id, body, content_type):
-        self._post("/runtime/invocation/{}/response".format(request_id), body,
-                   {"Content-Type": content_type})
+        path = "/runtime/invocation/{}/response".format(request_id)
+        resp, data = self._request("POST", path, body, {"Content-Type": content_type})
+        if resp.status == 413:
+            # The Runtime API already failed this invocation with
+            # Function.ResponseSizeTooLarge; the environment stays usable.
+            sys.stderr.write("response for {} refused: payload too large\n".format(request_id))
+            return
+        if not 200 <= resp.status < 300:
+            raise RuntimeAPIError("POST {} returned {} {}: {}".format(
+                path, resp.status, resp.reason, data[:512].decode("utf-8", "replace")))
 
     def _error_headers(self, error, xray):
         headers = {ERROR_TYPE_HEADER: error.get("errorType") or "Unhandled"}

@@ -28,7 +28,8 @@
 
 #define INVOKE_PAYLOAD_LIMIT 6291456   /* sync request payload (6 MB) */
 #define CLIENT_CONTEXT_LIMIT 3583
-#define MAX_BODY (80u << 20)           /* a 50 MB zip, base64'd, plus JSON */
+#define MAX_BODY (160u << 20)          /* read whole, so oversize gets Lambda's 413 */
+#define CODE_REQUEST_LIMIT 69905067    /* Lambda: a 50 MB zip, base64'd, plus JSON */
 #define LOG_FOLLOW_WAIT_MS 20000
 #define LOG_READ_MAX (1u << 20)
 #define ASYNC_PAYLOAD_LIMIT 1048576    /* Event payload (Lambda: 1 MB since 2025) */
@@ -729,6 +730,12 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     struct evbuffer *body = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(body);
+    if (len > CODE_REQUEST_LIMIT) {
+        send_error(req, 413, "RequestTooLargeException", NULL,
+                   "Request must be smaller than %d bytes for the %s operation", CODE_REQUEST_LIMIT,
+                   !strcmp(method, "POST") ? "CreateFunction" : "UpdateFunctionCode");
+        goto out;
+    }
     api_request_t areq = {
         .method = method,
         .path = path,

@@ -445,13 +445,16 @@ def test_rejected_post_exits(pyric):
     assert "returned 500" in err
 
 
-def test_response_too_large_413_exits(pyric):
-    pyric.write("app.py", "def handler(e, c):\n    return 'x' * (7 * 1024 * 1024)\n")
+def test_response_too_large_413_keeps_serving(pyric):
+    """The Runtime API fails an oversized response itself (413); the
+    environment stays usable, as on Lambda: the next event is served."""
+    pyric.write("app.py", "def handler(e, c):\n    return 'x' * (7 * 1024 * 1024) if e.get('big') else 'ok'\n")
     proc = pyric.start("app.handler")
-    rid = pyric.api.add_event({})
+    rid = pyric.api.add_event({"big": True})
     assert pyric.api.wait_result(rid, timeout=20)["kind"] == "too_large"
-    rc, _, err = pyric.finish(proc)
-    assert rc == 1 and "413" in err
+    res = pyric.api.wait_result(pyric.api.add_event({}), timeout=20)
+    assert res["kind"] == "response" and res["body"] == b'"ok"'
+    pyric.stop(proc)
 
 
 def test_bytes_result_passed_through(pyric):
