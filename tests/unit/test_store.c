@@ -138,6 +138,13 @@ static void test_codezip_hostile(void)
     free(z);
     free(dest);
     CHECK(codezip_check_name("a/b") == 0 && codezip_check_name("..a/b..") == 0);
+    char deep[1024] = "";
+    for (int i = 0; i < 129; i++)
+        strcat(deep, "a/");
+    strcat(deep, "f");
+    CHECK(codezip_check_name(deep) < 0);
+    deep[2 * 127 + 1] = 0; /* 128 components */
+    CHECK(codezip_check_name(deep) == 0);
     CHECK(codezip_check_name("") < 0 && codezip_check_name("..") < 0 &&
           codezip_check_name("a/..") < 0 && codezip_check_name("/a") < 0);
     rm_rf(TMP, NULL);
