@@ -19,13 +19,16 @@
 
 int codezip_check_name(const char *name)
 {
-    if (!name || !*name || name[0] == '/')
+    if (!name || !*name || name[0] == '/' || strlen(name) > CODEZIP_MAX_NAME)
         return -1;
     const char *p = name;
+    int depth = 0;
     while (*p) {
         const char *e = strchr(p, '/');
         size_t n = e ? (size_t)(e - p) : strlen(p);
         if (n == 2 && p[0] == '.' && p[1] == '.')
+            return -1;
+        if (++depth > CODEZIP_MAX_DEPTH)
             return -1;
         p += n;
         if (*p == '/')

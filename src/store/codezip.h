@@ -3,7 +3,7 @@
  * The zip arrives from an untrusted client.  codezip_extract() reads it with
  * libzip and writes its regular files and directories under a fresh
  * directory, refusing anything that could escape or abuse the host:
- * absolute names, ".." components, symlinks (all of them: we never create a
+ * absolute, overlong or overly deep names, ".." components, symlinks (all of them: we never create a
  * link, so no later entry can be redirected through one), device, fifo and
  * socket entries, duplicate names, more than max_entries entries, and more
  * than max_unzipped bytes of data actually written (header sizes are not
@@ -19,6 +19,9 @@
 #define CODEZIP_MAX_ZIPPED   52428800ull   /* Lambda's direct-upload limit */
 #define CODEZIP_MAX_UNZIPPED 262144000ull  /* Lambda's unzipped limit */
 #define CODEZIP_MAX_ENTRIES  20000u
+#define CODEZIP_MAX_NAME     4095u   /* bytes of one entry name (PATH_MAX - 1) */
+#define CODEZIP_MAX_DEPTH    128     /* path components of one entry name: bounds
+                                        the directory depth rm_rf must walk */
 
 /* Error codes set in err->code on failure: */
 #define CODEZIP_EBADZIP  EINVAL  /* not a zip / corrupt / hostile entry */
@@ -34,7 +37,8 @@ int codezip_extract(const void *zip, size_t len, const char *dest, uint64_t max_
                     uint32_t max_entries, uint64_t *unzipped, err_t *err);
 
 /* Checks one entry name as codezip_extract does: 0 if acceptable (not
- * empty, not absolute, no ".." component; empty and "." components are
- * skipped when extracting), -1 otherwise. */
+ * empty, not absolute, no ".." component, at most CODEZIP_MAX_NAME bytes
+ * and CODEZIP_MAX_DEPTH components; empty and "." components are skipped
+ * when extracting), -1 otherwise. */
 int codezip_check_name(const char *name);
 #endif

@@ -15,6 +15,7 @@
  * be in use by a draining environment). */
 #include "store/store.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <sqlite3.h>
@@ -155,6 +156,24 @@ static long long code_size_of(json_t *cfg)
 
 /* ---- open / close ---- */
 
+/* Removes extraction temp dirs left by a crash (DATA/code/.tmp-*).  The
+ * data dir belongs to one flicker process, so none can be in progress. */
+static void clean_tmp(const char *code_dir)
+{
+    DIR *d = opendir(code_dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strncmp(de->d_name, ".tmp-", 5))
+            continue;
+        char *p = xasprintf("%s/%s", code_dir, de->d_name);
+        rm_rf(p, NULL);
+        free(p);
+    }
+    closedir(d);
+}
+
 store_t *store_open(const char *data_dir, const char *region, const char *account_id, err_t *err)
 {
     char *blobs = xasprintf("%s/blobs", data_dir);
@@ -162,6 +181,8 @@ store_t *store_open(const char *data_dir, const char *region, const char *accoun
     int rc = mkdir_p(blobs, 0755, err);
     if (rc == 0)
         rc = mkdir_p(code, 0755, err);
+    if (rc == 0)
+        clean_tmp(code);
     free(blobs);
     free(code);
     if (rc < 0)

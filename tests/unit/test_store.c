@@ -138,6 +138,13 @@ static void test_codezip_hostile(void)
     free(z);
     free(dest);
     CHECK(codezip_check_name("a/b") == 0 && codezip_check_name("..a/b..") == 0);
+    char deep[1024] = "";
+    for (int i = 0; i < 129; i++)
+        strcat(deep, "a/");
+    strcat(deep, "f");
+    CHECK(codezip_check_name(deep) < 0);
+    deep[2 * 127 + 1] = 0; /* 128 components */
+    CHECK(codezip_check_name(deep) == 0);
     CHECK(codezip_check_name("") < 0 && codezip_check_name("..") < 0 &&
           codezip_check_name("a/..") < 0 && codezip_check_name("/a") < 0);
     rm_rf(TMP, NULL);
@@ -333,9 +340,15 @@ static void test_schema_version(void)
     store_t *s = store_open(TMP, "us-east-1", "123456789012", &e);
     CHECK(s);
     store_close(s);
+    /* a crash mid-extraction leaves a temp dir: the next open removes it */
+    char *junk = xasprintf("%s/code/.tmp-1234/sub", TMP);
+    mkdir_p(junk, 0755, NULL);
     s = store_open(TMP, "us-east-1", "123456789012", &e);
+    int gone = access(junk, F_OK) != 0;
+    free(junk);
     CHECK(s);
     store_close(s);
+    CHECK(gone);
     /* a path that cannot be a directory */
     char *bad = xasprintf("%s/file", TMP);
     write_file_atomic(bad, "x", 1, 0644, NULL);
