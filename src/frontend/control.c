@@ -717,7 +717,7 @@ static int apply_code(ctx_t *c, json_t *cfg, json_t *body, int required)
     }
     size_t blen = json_string_length(zip);
     if (blen > MAX_ZIP_REQUEST) {
-        api_error(c->resp, 413, "RequestEntityTooLargeException",
+        api_error(c->resp, 413, "RequestTooLargeException",
                   "Request must be smaller than %llu bytes for the %s operation",
                   MAX_ZIP_REQUEST, c->op);
         return -1;
@@ -728,7 +728,7 @@ static int apply_code(ctx_t *c, json_t *cfg, json_t *body, int required)
         return bad_content(c, "ZipFile is not valid base64");
     if (len > CODEZIP_MAX_ZIPPED) {
         free(bytes);
-        api_error(c->resp, 413, "RequestEntityTooLargeException",
+        api_error(c->resp, 413, "RequestTooLargeException",
                   "Request must be smaller than %llu bytes for the %s operation",
                   MAX_ZIP_REQUEST, c->op);
         return -1;
