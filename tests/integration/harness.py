@@ -479,6 +479,11 @@ class Server:
         p = subprocess.run([str(BINARY), *[str(a) for a in args]], env=self.cli_env(),
                            capture_output=True, text=True, timeout=timeout or 120 * SLOW,
                            input=input)
+        hits = [line for line in (p.stderr or "").splitlines()
+                if any(x in line for x in SANITIZER_PATTERNS)]
+        if hits:
+            SANITIZER_FINDINGS.append((f"flicker {' '.join(map(str, args))} (CLI)", hits[:20]))
+            pytest.fail("sanitizer report from the flicker CLI:\n" + "\n".join(hits[:20]))
         if check and p.returncode != 0:
             pytest.fail(f"flicker {' '.join(map(str, args))} exited {p.returncode}:\n"
                         f"stdout: {p.stdout}\nstderr: {p.stderr}")
