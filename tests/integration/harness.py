@@ -168,12 +168,14 @@ def sandbox_cgroup_dirs():
         return found
     candidates = [root / "flicker"] + [p / "flicker" for p in root.iterdir() if p.is_dir()]
     for parent in candidates:
-        try:
-            for d in parent.iterdir():
-                if d.is_dir() and d.name.startswith("flicker-"):
-                    found.add(str(d))
-        except OSError:
+        if not parent.is_dir():
             continue
+        # Any depth (an implementation may group sandboxes per instance).
+        for root, dirs, _files in os.walk(parent, onerror=lambda e: None):
+            for d in list(dirs):
+                if d.startswith("flicker-"):
+                    found.add(os.path.join(root, d))
+                    dirs.remove(d)
     return found
 
 
