@@ -399,6 +399,8 @@ class Server:
         paths = self.logs_seen if all_generations else [self.log_path]
         out = []
         for p in paths:
+            if p is None:
+                continue
             try:
                 out.append(Path(p).read_text(errors="replace"))
             except OSError:
@@ -406,6 +408,8 @@ class Server:
         return "".join(out)
 
     def log_tail(self, n=80):
+        if self.log_path is None:
+            return "(never started)"
         return "\n".join(self.log_text().splitlines()[-n:])
 
     def check_sanitizer(self):
