@@ -168,12 +168,14 @@ def sandbox_cgroup_dirs():
         return found
     candidates = [root / "flicker"] + [p / "flicker" for p in root.iterdir() if p.is_dir()]
     for parent in candidates:
-        try:
-            for d in parent.iterdir():
-                if d.is_dir() and d.name.startswith("flicker-"):
-                    found.add(str(d))
-        except OSError:
+        if not parent.is_dir():
             continue
+        # Any depth (an implementation may group sandboxes per instance).
+        for root, dirs, _files in os.walk(parent, onerror=lambda e: None):
+            for d in list(dirs):
+                if d.startswith("flicker-"):
+                    found.add(os.path.join(root, d))
+                    dirs.remove(d)
     return found
 
 
@@ -397,6 +399,8 @@ class Server:
         paths = self.logs_seen if all_generations else [self.log_path]
         out = []
         for p in paths:
+            if p is None:
+                continue
             try:
                 out.append(Path(p).read_text(errors="replace"))
             except OSError:
@@ -404,6 +408,8 @@ class Server:
         return "".join(out)
 
     def log_tail(self, n=80):
+        if self.log_path is None:
+            return "(never started)"
         return "\n".join(self.log_text().splitlines()[-n:])
 
     def check_sanitizer(self):
@@ -479,6 +485,11 @@ class Server:
         p = subprocess.run([str(BINARY), *[str(a) for a in args]], env=self.cli_env(),
                            capture_output=True, text=True, timeout=timeout or 120 * SLOW,
                            input=input)
+        hits = [line for line in (p.stderr or "").splitlines()
+                if any(x in line for x in SANITIZER_PATTERNS)]
+        if hits:
+            SANITIZER_FINDINGS.append((f"flicker {' '.join(map(str, args))} (CLI)", hits[:20]))
+            pytest.fail("sanitizer report from the flicker CLI:\n" + "\n".join(hits[:20]))
         if check and p.returncode != 0:
             pytest.fail(f"flicker {' '.join(map(str, args))} exited {p.returncode}:\n"
                         f"stdout: {p.stdout}\nstderr: {p.stderr}")

@@ -24,8 +24,8 @@ def test_fork_bomb(flicker, lam, deploy, invoke):
     r = invoke(name, {})
     if r.function_error is None:
         out = r.json
-        assert out["error"] is not None, "fork never failed"
-        assert out["forked"] <= 4096, f"forked {out['forked']} processes: no effective pids limit"
+        assert out["error"] is not None and out["forked"] < 2000, \
+            f"forked {out['forked']} processes without failing: no effective pids limit"
     # Either way the platform survives and others are served.
     still_serving(flicker, lam, echo)
     # The bomb's processes go away with its environment once it is reset;

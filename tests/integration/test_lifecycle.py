@@ -149,3 +149,28 @@ def test_second_instance_on_busy_port_fails(flicker, spawn):
     assert p.returncode != 0
     assert not [x for x in SANITIZER_PATTERNS if x in p.stderr + p.stdout], p.stderr
     assert flicker.health() == 200
+
+
+def test_keep_alive_expiry(spawn):
+    """--keep-alive 2: an idle environment is destroyed after ~2 s, and the
+    next invoke is a cold start (new environment, Init Duration)."""
+    cg_before = sandbox_cgroup_dirs()
+    srv = spawn(keep_alive=2)
+    c = srv.client()
+    create_function(c, "ka-fn", "py_echo")
+    first = do_invoke(c, "ka-fn", {}).json
+    procs = srv.descendants() | sandbox_pids(sandbox_cgroup_dirs() - cg_before)
+    assert procs, "no sandbox process found after an invoke"
+    wait_until(lambda: not [p for p in procs if pid_alive(p)], 60 * SLOW, 0.5,
+               "the idle environment to be destroyed after its keep-alive")
+    r = do_invoke(c, "ka-fn", {}, LogType="Tail")
+    assert r.json["env_id"] != first["env_id"]
+    assert "Init Duration:" in r.log_tail, r.log_tail
+
+
+def test_keep_alive_keeps_warm(spawn):
+    srv = spawn(keep_alive=300)
+    c = srv.client()
+    create_function(c, "warm-fn", "py_echo")
+    ids = {do_invoke(c, "warm-fn", {}).json["env_id"] for _ in range(5)}
+    assert len(ids) == 1, ids

@@ -94,11 +94,11 @@ def test_symlink_dir_escape(lam, fname, outside):
     assert not (outside / "pwned").exists(), "extraction followed a symlink out of the store"
 
 
-def test_symlink_to_host_file(lam, fname, flicker, invoke):
+def test_symlink_to_host_file(lam, fname, invoke, outside):
     """A symlink pointing at an absolute host path.  Lambda keeps symlinks,
     so this may be accepted; if it is, reading it inside the sandbox must not
     reveal the host file (the sandbox has its own root)."""
-    secret = flicker.data / f"symlink-target-{uuid.uuid4().hex[:6]}"
+    secret = outside / f"symlink-target-{uuid.uuid4().hex[:6]}"
     secret.write_text("host-secret-content")
     code = (b"def handler(e, c):\n"
             b"    try:\n        return open('/var/task/link').read()\n"

@@ -107,11 +107,12 @@ def resolve_dns():
 
 
 def ptrace_attach(pid):
-    PTRACE_ATTACH, PTRACE_DETACH = 16, 17
-    r = libc.ptrace(PTRACE_ATTACH, pid, None, None)
+    # PTRACE_SEIZE, not ATTACH: it never stops the tracee, so even where it
+    # wrongly succeeds nothing is left stopped (the tracer's exit detaches).
+    PTRACE_SEIZE = 0x4206
+    r = libc.ptrace(PTRACE_SEIZE, pid, None, None)
     if r == 0:
-        libc.ptrace(PTRACE_DETACH, pid, None, None)
-        return True, f"attached to {pid}"
+        return True, f"seized {pid}"
     return False, _err()
 
 
