@@ -301,7 +301,13 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
     fn_config_t *cfg = NULL;
     err_t err = {0};
     int rc = store_resolve(fe->store, name, qualifier, &cfg, &err);
+    int colons = 0;
+    for (const char *c = name; *c; c++)
+        colons += *c == ':';
+    /* "fn:q", "acct:function:fn:q", "arn:aws:lambda:r:acct:function:fn:q" */
+    bool qualified = (qualifier && *qualifier) || colons == 1 || colons == 3 || colons == 7;
     evhttp_clear_headers(&q);
+    qualifier = NULL; /* freed with q */
     if (rc < 0) {
         free(client_context);
         if (err.code == ENOENT)
@@ -369,9 +375,10 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
         inv->payload_len = 2;
     }
     inv->client_context = client_context;
-    inv->invoked_arn = strcmp(cfg->version, "$LATEST") || (qualifier && *qualifier) || strchr(name, ':')
-                           ? xasprintf("%s:%s", cfg->arn, qualifier && *qualifier ? qualifier : cfg->version)
-                           : xstrdup(cfg->arn);
+    /* The ARN as invoked: through an alias, a version, or unqualified. */
+    inv->invoked_arn = cfg->alias ? xasprintf("%s:%s", cfg->arn, cfg->alias)
+                       : qualified ? xstrdup(cfg->qualified_arn)
+                                   : xstrdup(cfg->arn);
     inv->tail = log_type && !strcmp(log_type, "Tail");
     inv->next = fe->invocations;
     if (fe->invocations)
