@@ -726,6 +726,11 @@ static int apply_code(ctx_t *c, json_t *cfg, json_t *body, int required)
     void *bytes = base64_decode(json_string_value(zip), blen, &len);
     if (!bytes)
         return bad_content(c, "ZipFile is not valid base64");
+    if (len == 0) {
+        free(bytes);
+        return invalid(c, "Could not unzip uploaded file. Please check your file, then try to "
+                          "upload again.");
+    }
     if (len > CODEZIP_MAX_ZIPPED) {
         free(bytes);
         api_error(c->resp, 413, "RequestTooLargeException",

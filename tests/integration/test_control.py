@@ -74,13 +74,13 @@ def test_create_function_shape(lam, fname):
 
 def test_create_with_all_options(lam, deploy):
     name = deploy("py_echo", Timeout=7, MemorySize=256, Description="d",
-                  Environment={"Variables": {"A": "1", "B": "two"}},
+                  Environment={"Variables": {"AA": "1", "BB": "two"}},
                   EphemeralStorage={"Size": 1024}, Architectures=["x86_64"],
                   Tags={"team": "flicker", "env": "test"})
     cfg = lam.get_function_configuration(FunctionName=name)
     assert cfg["Timeout"] == 7
     assert cfg["MemorySize"] == 256
-    assert cfg["Environment"]["Variables"] == {"A": "1", "B": "two"}
+    assert cfg["Environment"]["Variables"] == {"AA": "1", "BB": "two"}
     assert cfg["EphemeralStorage"]["Size"] == 1024
     got = lam.get_function(FunctionName=name)
     assert got.get("Tags") == {"team": "flicker", "env": "test"}
@@ -183,14 +183,14 @@ def test_update_code_and_config(lam, deploy):
     wait_updated(lam, name)
     r2 = lam.update_function_configuration(FunctionName=name, Timeout=10, MemorySize=512,
                                            Description="changed",
-                                           Environment={"Variables": {"K": "V"}})
+                                           Environment={"Variables": {"KK": "V"}})
     assert r2["Timeout"] == 10 and r2["MemorySize"] == 512
     assert r2["RevisionId"] != r["RevisionId"]
     wait_updated(lam, name)
     cfg = lam.get_function_configuration(FunctionName=name)
     assert cfg["LastUpdateStatus"] == "Successful"
     assert cfg["Description"] == "changed"
-    assert cfg["Environment"]["Variables"] == {"K": "V"}
+    assert cfg["Environment"]["Variables"] == {"KK": "V"}
     assert cfg["CodeSha256"] == code_sha256(z2)
 
 
