@@ -95,7 +95,7 @@ FUNCTIONS = {
 }
 
 
-def create(client, name, kind, memory=128):
+def create(client, name, kind, memory=1769):
     runtime, handler, files = FUNCTIONS[kind]
     body = json.dumps({
         "FunctionName": name, "Runtime": runtime, "Handler": handler or "none",
