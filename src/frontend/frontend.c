@@ -84,7 +84,7 @@ struct frontend {
     struct event *async_timer;
 };
 
-static void async_outcome(invocation_t *inv, enum async_outcome outcome);
+static void async_outcome(invocation_t *inv, enum async_outcome outcome, const invoke_result_t *r);
 
 /* ------------------------------------------------------------- replies */
 
@@ -191,7 +191,7 @@ static void on_invoke_done(env_t *env, const invoke_result_t *r, void *arg)
     invocation_t *inv = arg;
     reply_result(inv, r, r->status != INVOKE_OK);
     if (inv->async)
-        async_outcome(inv, r->status == INVOKE_OK ? ASYNC_SUCCESS : ASYNC_FUNCTION_ERROR);
+        async_outcome(inv, r->status == INVOKE_OK ? ASYNC_SUCCESS : ASYNC_FUNCTION_ERROR, r);
     assignment_release(inv->fe->assignment, env);
     invocation_free(inv);
 }
@@ -216,7 +216,7 @@ static void on_acquired(const acquire_result_t *r, void *arg)
     case ACQUIRE_THROTTLED:
     case ACQUIRE_NO_CAPACITY:
         if (inv->async)
-            async_outcome(inv, ASYNC_THROTTLED);
+            async_outcome(inv, ASYNC_THROTTLED, NULL);
         if (inv->req) {
             evhttp_connection_set_closecb(evhttp_request_get_connection(inv->req), NULL, NULL);
             set_header(inv->req, "Retry-After", "1");
@@ -226,13 +226,13 @@ static void on_acquired(const acquire_result_t *r, void *arg)
         break;
     case ACQUIRE_INIT_FAILED:
         if (inv->async)
-            async_outcome(inv, ASYNC_FUNCTION_ERROR);
+            async_outcome(inv, ASYNC_FUNCTION_ERROR, r->init);
         reply_result(inv, r->init, true);
         break;
     case ACQUIRE_FAILED:
         if (inv->async)
             async_outcome(inv, strncmp(r->message, "Couldn't find valid bootstrap", 29)
-                                   ? ASYNC_THROTTLED : ASYNC_FUNCTION_ERROR);
+                                   ? ASYNC_THROTTLED : ASYNC_FUNCTION_ERROR, NULL);
         if (inv->req && !strncmp(r->message, "Couldn't find valid bootstrap", 29)) {
             char *body = xasprintf("{\"errorType\":\"Runtime.InvalidEntrypoint\",\"errorMessage\":"
                                    "\"RequestId: %s Error: %s\"}",
@@ -307,9 +307,11 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
     /* "fn:q", "acct:function:fn:q", "arn:aws:lambda:r:acct:function:fn:q" */
     bool qualified = (qualifier && *qualifier) || colons == 1 || colons == 3 || colons == 7;
     evhttp_clear_headers(&q);
+    char *qualifier_given = qualifier && *qualifier ? xstrdup(qualifier) : NULL;
     qualifier = NULL; /* freed with q */
     if (rc < 0) {
         free(client_context);
+        free(qualifier_given);
         if (err.code == ENOENT)
             send_error(req, 404, "ResourceNotFoundException", NULL, "%s", err.msg);
         else
@@ -318,6 +320,7 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
     }
     if (!strcmp(type, "DryRun")) {
         free(client_context);
+        free(qualifier_given);
         set_header(req, "X-Amz-Executed-Version", cfg->version);
         fn_config_free(cfg);
         evhttp_send_reply(req, 204, "No Content", NULL);
@@ -330,6 +333,7 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
         json_t *j = json_loadb(data, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
         if (!j) {
             free(client_context);
+            free(qualifier_given);
             fn_config_free(cfg);
             send_error(req, 400, "InvalidRequestContentException", NULL,
                        "Could not parse request body into json: %s", jerr.text);
@@ -340,6 +344,7 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
     if (!strcmp(type, "Event")) {
         free(client_context);
         if (len > ASYNC_PAYLOAD_LIMIT) {
+            free(qualifier_given);
             fn_config_free(cfg);
             send_error(req, 413, "RequestTooLargeException", NULL,
                        "Request must be smaller than %d bytes for the InvokeFunction operation",
@@ -347,9 +352,11 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
             return;
         }
         err_t aerr = {0};
-        /* Queue the resolved version so a later alias change doesn't move it. */
-        int qrc = async_push(fe->async, request_id, cfg->name, cfg->version, len ? data : "{}",
+        /* Queued as invoked: the qualifier (alias) picks the version and
+         * the event-invoke config (retries, age, destinations) at dispatch. */
+        int qrc = async_push(fe->async, request_id, name, qualifier_given, len ? data : "{}",
                              len ? len : 2, &aerr);
+        free(qualifier_given);
         fn_config_free(cfg);
         if (qrc < 0) {
             log_error("frontend", "queueing event %s: %s", request_id, aerr.msg);
@@ -374,6 +381,7 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
         inv->payload = xstrdup("{}");
         inv->payload_len = 2;
     }
+    free(qualifier_given);
     inv->client_context = client_context;
     /* The ARN as invoked: through an alias, a version, or unqualified. */
     inv->invoked_arn = cfg->alias ? xasprintf("%s:%s", cfg->arn, cfg->alias)
@@ -404,36 +412,87 @@ static void schedule_async(frontend_t *fe)
     evtimer_add(fe->async_timer, &tv);
 }
 
+/* Sends the record of an event's final outcome to its destination (a
+ * function ARN), as Lambda's on-success / on-failure destinations do: the
+ * record is queued as an Event invocation of the destination. */
+static void send_to_destination(frontend_t *fe, invocation_t *inv, const char *destination,
+                                const char *condition, const invoke_result_t *r)
+{
+    if (strncmp(destination, "arn:aws:lambda:", 15) != 0) {
+        log_warn("async", "event %s: destination %s is not a Lambda function: not supported",
+                 inv->request_id, destination);
+        return;
+    }
+    async_event_t *ev = inv->async;
+    char ts[40];
+    format_iso_time(now_wall_ms(), ts, sizeof ts);
+    json_t *request = json_loadb(ev->payload, ev->payload_len, JSON_DECODE_ANY, NULL);
+    json_t *record = json_pack(
+        "{s:s,s:s,s:{s:s,s:s,s:s,s:i},s:o}", "version", "1.0", "timestamp", ts, "requestContext",
+        "requestId", inv->request_id, "functionArn", inv->cfg->qualified_arn, "condition", condition,
+        "approximateInvokeCount", ev->attempts + 1, "requestPayload",
+        request ? request : json_stringn(ev->payload, ev->payload_len));
+    if (r) {
+        json_t *ctx = json_pack("{s:i,s:s}", "statusCode", 200, "executedVersion", inv->cfg->version);
+        if (r->status != INVOKE_OK)
+            json_object_set_new(ctx, "functionError", json_string("Unhandled"));
+        json_object_set_new(record, "responseContext", ctx);
+        json_t *resp = r->body ? json_loadb(r->body, r->body_len, JSON_DECODE_ANY, NULL) : NULL;
+        if (!resp && r->body)
+            resp = json_stringn(r->body, r->body_len);
+        if (resp)
+            json_object_set_new(record, "responsePayload", resp);
+    }
+    char *text = json_dumps(record, JSON_COMPACT);
+    json_decref(record);
+    char id[37];
+    uuid_v4(id);
+    err_t err = {0};
+    if (async_push(fe->async, id, destination, NULL, text, strlen(text), &err) < 0)
+        log_error("async", "event %s: queueing for destination %s: %s", inv->request_id,
+                  destination, err.msg);
+    free(text);
+}
+
 /* Records what happened to a queued event: removes it or schedules the
- * next attempt (see async_queue.h for the retry rules). */
-static void async_outcome(invocation_t *inv, enum async_outcome outcome)
+ * next attempt (see async_queue.h for the retry rules); a final outcome
+ * goes to the function's on-success / on-failure destination. */
+static void async_outcome(invocation_t *inv, enum async_outcome outcome, const invoke_result_t *r)
 {
     frontend_t *fe = inv->fe;
     async_event_t *ev = inv->async;
+    const fn_config_t *cfg = inv->cfg;
     uint64_t now = now_wall_ms();
     uint64_t age_ms = now > ev->received_ms ? now - ev->received_ms : 0;
     int attempt = ev->attempts + 1; /* this one */
+    const char *failed = NULL;      /* final failure condition */
     if (outcome == ASYNC_SUCCESS) {
+        if (cfg->on_success)
+            send_to_destination(fe, inv, cfg->on_success, "Success", r);
         async_done(fe->async, ev);
     } else if (outcome == ASYNC_FUNCTION_ERROR) {
-        if (attempt > fe->cfg.async_max_retries) {
-            log_info("async", "event %s for %s failed %d time(s): dropped", ev->id, ev->function, attempt);
-            async_done(fe->async, ev);
-        } else {
-            int delay = fe->cfg.async_retry_delays_s[attempt > 1 ? 1 : 0];
+        int delay = fe->cfg.async_retry_delays_s[attempt > 1 ? 1 : 0];
+        if (attempt > cfg->max_retry_attempts)
+            failed = "RetriesExhausted";
+        else if (age_ms + (uint64_t)delay * 1000u > (uint64_t)cfg->max_event_age_s * 1000u)
+            failed = "EventAgeExceeded";
+        else
             async_retry(fe->async, ev, now + (uint64_t)delay * 1000u);
-        }
     } else {
         uint64_t backoff = 1000u << (attempt > 9 ? 9 : attempt - 1);
         if (backoff > ASYNC_BACKOFF_MAX_MS)
             backoff = ASYNC_BACKOFF_MAX_MS;
-        if (age_ms + backoff > (uint64_t)fe->cfg.async_max_age_s * 1000u) {
-            log_info("async", "event %s for %s older than %d s: dropped", ev->id, ev->function,
-                     fe->cfg.async_max_age_s);
-            async_done(fe->async, ev);
-        } else {
+        if (age_ms + backoff > (uint64_t)cfg->max_event_age_s * 1000u)
+            failed = "EventAgeExceeded";
+        else
             async_retry(fe->async, ev, now + backoff);
-        }
+    }
+    if (failed) {
+        log_info("async", "event %s for %s dropped after %d attempt(s): %s", ev->id, cfg->name,
+                 attempt, failed);
+        if (cfg->on_failure)
+            send_to_destination(fe, inv, cfg->on_failure, failed, r);
+        async_done(fe->async, ev);
     }
     schedule_async(fe);
 }

@@ -34,8 +34,6 @@ typedef struct frontend_config {
     int account_concurrency;
     const char *data_dir;          /* holds async.db (the Event queue) */
     int async_retry_delays_s[2];   /* after the 1st and 2nd failed attempt (60, 120) */
-    int async_max_retries;         /* function-error retries (2) */
-    int async_max_age_s;           /* MaximumEventAgeInSeconds (21600) */
 } frontend_config_t;
 
 /* Binds the listening socket and starts serving on base.  The other

@@ -336,8 +336,6 @@ int up_main(int argc, char **argv)
         .account_concurrency = o.account_concurrency,
         .data_dir = data,
         .async_retry_delays_s = {o.retry_delays[0], o.retry_delays[1]},
-        .async_max_retries = 2,
-        .async_max_age_s = 21600,
     };
     fe = frontend_new(base, &fc, store, assignment, placement, logs, &err);
     if (!fe) {
