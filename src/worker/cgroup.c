@@ -237,18 +237,38 @@ static int v1_remove(cgroup_t *cg, err_t *err) {
         knob(cg->dir[V1_FREEZER], "freezer.state", "THAWED", NULL);
         if (v1_kill_all(cg, 5000, err) < 0) rc = -1;
     }
+    if (cg->peak_fd >= 0) close(cg->peak_fd);
+    cg->peak_fd = -1;
     for (int i = 0; i < CG_MAX_DIRS; i++)
         if (cg->dir[i] && rmdir_retry(cg->dir[i], rc < 0 ? NULL : err) < 0) rc = -1;
     free_dirs(cg);
     return rc;
 }
 
-static uint64_t v1_memory_peak(cgroup_t *cg) {
-    _cleanup_free_ char *p = xasprintf("%s/memory.max_usage_in_bytes", cg->dir[V1_MEMORY]);
-    return read_u64_file(p);
+/* memory.max_usage_in_bytes is read and reset around every invocation (the
+ * warm path), so its fd stays open for the cgroup's life. */
+static int v1_peak_fd(cgroup_t *cg) {
+    if (cg->peak_fd < 0) {
+        _cleanup_free_ char *p = xasprintf("%s/memory.max_usage_in_bytes", cg->dir[V1_MEMORY]);
+        cg->peak_fd = open(p, O_RDWR | O_CLOEXEC);
+    }
+    return cg->peak_fd;
 }
 
-static void v1_reset_peak(cgroup_t *cg) { knob(cg->dir[V1_MEMORY], "memory.max_usage_in_bytes", "0", NULL); }
+static uint64_t v1_memory_peak(cgroup_t *cg) {
+    char buf[32];
+    int fd = v1_peak_fd(cg);
+    ssize_t n = fd >= 0 ? pread(fd, buf, sizeof(buf) - 1, 0) : -1;
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    return strtoull(buf, NULL, 10);
+}
+
+static void v1_reset_peak(cgroup_t *cg) {
+    int fd = v1_peak_fd(cg);
+    if (fd < 0 || pwrite(fd, "0", 1, 0) != 1)
+        knob(cg->dir[V1_MEMORY], "memory.max_usage_in_bytes", "0", NULL);
+}
 
 static int v1_oom_kills(cgroup_t *cg) {
     _cleanup_free_ char *p = xasprintf("%s/memory.oom_control", cg->dir[V1_MEMORY]);
