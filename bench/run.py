@@ -152,6 +152,12 @@ def bench_throughput(port, name, conc, seconds):
     return sum(counts) / (time.time() - t0)
 
 
+def daemon_cpu_s(pid):
+    """utime + stime of the flicker process, seconds."""
+    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_cold(port, name, n):
     c = Client(port)
     times = []
@@ -227,10 +233,13 @@ def main():
         out.append("| warm invoke, provided runtime | %.0f | %.0f | %.0f |" %
                    (pct(warm, .5), pct(warm, .9), pct(warm, .99)))
         out.append("| **added by the invoke path** | **%.0f** | | |\n" % (pct(warm, .5) - pct(bare, .5)))
-        out.append("| concurrency | invokes/s (warm, provided) |")
-        out.append("|---|---|")
+        out.append("| concurrency | invokes/s (warm, provided) | daemon CPU µs per invoke |")
+        out.append("|---|---|---|")
         for conc in (1, 8, 32):
-            out.append("| %d | %.0f |" % (conc, bench_throughput(port, "bench-provided", conc, args.seconds)))
+            cpu0 = daemon_cpu_s(srv.pid)
+            rate = bench_throughput(port, "bench-provided", conc, args.seconds)
+            cpu = daemon_cpu_s(srv.pid) - cpu0
+            out.append("| %d | %.0f | %.0f |" % (conc, rate, cpu * 1e6 / max(1, rate * args.seconds)))
         out.append("")
         out.append("| runtime | cold start p50 ms | p90 ms | (n=%d) |" % args.cold)
         out.append("|---|---|---|---|")
