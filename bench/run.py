@@ -187,12 +187,12 @@ def idle_memory(port, name, n):
     status = json.loads(data)
     envs = [e for w in status["workers"] for e in w["environments"] if e["function"] == name]
     usages = []
+    import glob
     for e in envs:
-        for base in ("/sys/fs/cgroup/memory/flicker/%s/memory.usage_in_bytes" % e["id"],
-                     "/sys/fs/cgroup/flicker/%s/memory.current" % e["id"]):
-            if os.path.exists(base):
-                usages.append(int(open(base).read()))
-                break
+        paths = (glob.glob("/sys/fs/cgroup/memory/flicker/*/%s/memory.usage_in_bytes" % e["id"]) +
+                 glob.glob("/sys/fs/cgroup/flicker/*/%s/memory.current" % e["id"]))
+        if paths:
+            usages.append(int(open(paths[0]).read()))
     return len(envs), usages
 
 
