@@ -9,6 +9,9 @@
 #                                        files are in DIR (SIGTERM, then KILL)
 #   etcd-cluster.sh kill DIR N           kills member N (1..3) with SIGKILL,
 #                                        simulating a crash (failover tests)
+#   etcd-cluster.sh lead DIR N           makes member N the raft leader
+#                                        (etcdctl move-leader), so that killing
+#                                        it next also forces an election
 #   etcd-cluster.sh endpoints DIR        prints the endpoints again
 #
 # Ports: member i listens for clients on BASEPORT+i-1 and for peers on
@@ -16,7 +19,7 @@
 # recorded in DIR/m<i>.pid whose command line is an etcd are ever signalled.
 set -euo pipefail
 
-usage() { echo "usage: $0 start DIR BASEPORT | stop DIR [BASEPORT] | kill DIR N | endpoints DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start DIR BASEPORT | stop DIR [BASEPORT] | kill DIR N | lead DIR N | endpoints DIR" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1 dir=$2
 ETCD=${ETCD:-etcd}
@@ -102,6 +105,23 @@ kill)
     dir=$(cd "$dir" && pwd)
     is_member "$dir/m$3.pid" || { echo "etcd-cluster: member m$3 is not running" >&2; exit 1; }
     stop_member "$3" KILL
+    ;;
+lead)
+    [ $# -eq 3 ] || usage
+    eps=$(cat "$dir/endpoints")
+    ctl() { "$ETCDCTL" --dial-timeout=1s --command-timeout=5s "$@"; }
+    id=$(ctl --endpoints="$eps" member list -w simple | awk -F', ' -v n="m$3" '$3 == n { print $1 }')
+    [ -n "$id" ] || { echo "etcd-cluster: no member m$3" >&2; exit 1; }
+    for t in $(seq 1 50); do
+        # endpoint status columns: endpoint, id, version, size, is-leader, ...
+        leader=$(ctl --endpoints="$eps" endpoint status -w simple 2>/dev/null | awk -F', ' '$5 == "true" { print $1 }')
+        lid=$(ctl --endpoints="$eps" endpoint status -w simple 2>/dev/null | awk -F', ' '$5 == "true" { print $2 }')
+        [ "$lid" = "$id" ] && exit 0
+        [ -n "$leader" ] && ctl --endpoints="$leader" move-leader "$id" >/dev/null 2>&1 || true
+        sleep 0.2
+    done
+    echo "etcd-cluster: could not move leadership to m$3" >&2
+    exit 1
     ;;
 endpoints)
     cat "$dir/endpoints"

@@ -51,7 +51,8 @@
 #define JETCD_MAX_PREFIX   512u
 #define JETCD_PAGE         64        /* records per range page */
 #define JETCD_CALL_MS      15000     /* give up on a request after this long */
-#define JETCD_HTTP_MS      5000      /* one HTTP exchange */
+#define JETCD_HTTP_MS      2000      /* one HTTP exchange; a proposal lost in an
+                                        * election hangs until this, then we retry */
 #define JETCD_CONNECT_MS   1000
 
 struct buf {
@@ -223,6 +224,7 @@ static int etcd_call(jetcd_t *j, const char *path, json_t *req, json_t **out, er
             free(url);
             if (rc != CURLE_OK) {
                 snprintf(last, sizeof last, "%s: %s", j->eps[e], curl_easy_strerror(rc));
+                log_debug("journal", "etcd %s: %s", path, last);
                 continue;
             }
             long status = 0;
@@ -241,6 +243,7 @@ static int etcd_call(jetcd_t *j, const char *path, json_t *req, json_t **out, er
             int64_t code = ji64(json_object_get(r, "code"));
             snprintf(last, sizeof last, "%s: %s (HTTP %ld)", j->eps[e], msg ? msg : "unreadable response",
                      status);
+            log_debug("journal", "etcd %s: %s", path, last);
             if (retryable(status, code, msg)) {
                 json_decref(r);
                 continue;
@@ -1076,6 +1079,9 @@ journal_t *journal_etcd_open(const char *endpoints, const char *prefix, err_t *e
     j->k_log = xasprintf("%s/log/", j->prefix);
     j->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
     j->hdrs = curl_slist_append(j->hdrs, "Expect:"); /* no 100-continue round trip for big records */
+    /* gRPC metadata "hasleader": a member without a raft leader answers
+     * "no leader" at once instead of holding the request until it times out */
+    j->hdrs = curl_slist_append(j->hdrs, "Grpc-Metadata-hasleader: true");
     j->c = new_easy(j);
     j->wc = new_easy(j);
     if (j->neps == 0 || !j->hdrs || !j->c || !j->wc) {
