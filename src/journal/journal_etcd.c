@@ -50,6 +50,7 @@
 #define JETCD_MAX_VALUE    (ETCD_MAX_REQUEST - 4096u)
 #define JETCD_MAX_PREFIX   512u
 #define JETCD_PAGE         64        /* records per range page */
+#define JETCD_BATCH        64        /* records per group commit (etcd allows 128 ops a txn) */
 #define JETCD_CALL_MS      15000     /* give up on a request after this long */
 #define JETCD_HTTP_MS      2000      /* one HTTP exchange; a proposal lost in an
                                         * election hangs until this, then we retry */
@@ -75,6 +76,12 @@ typedef struct jetcd {
     int64_t ttl_s;
     uint64_t next;              /* index the next append gets */
     char id[128];
+    /* group commit (see e_append) */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct pending *queue;      /* FIFO of appends not yet taken */
+    bool committing;
+    uint64_t batches;           /* txns written by append (for tests/bench) */
 } jetcd_t;
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -611,43 +618,62 @@ static int too_big(size_t len, const char *what, err_t *err)
                    what, len, JETCD_MAX_VALUE);
 }
 
-static int e_append(journal_t *jj, uint64_t term, const void *data, size_t len, uint64_t *index, err_t *err)
+/* One append waiting for (or being written by) a group commit. */
+typedef struct pending {
+    uint64_t term;
+    unsigned char *val;         /* "<term>\n" + data */
+    size_t vlen;
+    uint64_t index;
+    int rc;                     /* valid once done */
+    bool done;
+    err_t err;
+    struct pending *next;
+} pending_t;
+
+/* Request bytes a record adds to a txn besides its value: its key in the
+ * put and in the compare, and protobuf/field overhead. */
+static size_t rec_overhead(const jetcd_t *j) { return 2 * (strlen(j->k_log) + 20) + 64; }
+
+/* Writes batch (all of the same term, dense from j->next) in one txn:
+ * compares term, lease and that none of the keys exists; puts them and
+ * head.  Sets rc/index/err of every member.  Called with j->mu released,
+ * by the one committing thread. */
+static void commit_batch(jetcd_t *j, pending_t **batch, size_t n)
 {
-    jetcd_t *j = (jetcd_t *)jj;
-    if (too_big(len, "record", err) < 0)
-        return -1;
-    if (ensure_lead(j, term, err) < 0)
-        return -1;
-    char tv[24];
-    int hl = snprintf(tv, sizeof tv, "%" PRIu64 "\n", term);
-    unsigned char *val = xmalloc((size_t)hl + len + 1);
-    memcpy(val, tv, (size_t)hl);
-    if (len)
-        memcpy(val + hl, data, len);
-    size_t vlen = (size_t)hl + len;
-    tv[hl - 1] = 0; /* the bare term for the compare */
+    uint64_t term = batch[0]->term;
+    err_t err = {0};
     int rc = -1;
-    bool failed = false; /* *err already says why */
+    bool failed = false; /* err already says why */
+    pending_t *first = batch[0];
+    if (ensure_lead(j, term, &err) < 0)
+        goto done;
+    char tv[24];
+    snprintf(tv, sizeof tv, "%" PRIu64, term);
     for (int attempt = 0; attempt < 8 && rc < 0 && !failed; attempt++) {
         uint64_t idx = j->next;
-        char *lk = log_key(j, idx), hv[21];
-        pad20(idx, hv);
-        json_t *cmps = json_pack("[o,o,o]", cmp_value(j->k_term, "EQUAL", tv), cmp_lease(j->k_leader, j->lease),
-                                 cmp_create0(lk));
-        json_t *succ = json_pack("[o,o]", op_put(lk, val, vlen, 0), op_put(j->k_head, hv, 20, 0));
+        char hv[21], *k0 = log_key(j, idx);
+        pad20(idx + n - 1, hv);
+        json_t *cmps = json_pack("[o,o]", cmp_value(j->k_term, "EQUAL", tv), cmp_lease(j->k_leader, j->lease));
+        json_t *succ = json_array();
+        for (size_t i = 0; i < n; i++) {
+            char *k = log_key(j, idx + i);
+            json_array_append_new(cmps, cmp_create0(k));
+            json_array_append_new(succ, op_put(k, batch[i]->val, batch[i]->vlen, 0));
+            free(k);
+        }
+        json_array_append_new(succ, op_put(j->k_head, hv, 20, 0));
         json_t *fail = json_pack("[o,o,o,o]", op_range(j->k_term, NULL, 0), op_range(j->k_leader, NULL, 0),
-                                 op_range(lk, NULL, 0), op_range(j->k_head, NULL, 0));
-        free(lk);
+                                 op_range(k0, NULL, 0), op_range(j->k_head, NULL, 0));
+        free(k0);
         json_t *resp;
         bool ok;
-        if (txn(j, cmps, succ, fail, &resp, &ok, err) < 0) {
+        if (txn(j, cmps, succ, fail, &resp, &ok, &err) < 0) {
             failed = true;
             break;
         }
         if (ok) {
             json_decref(resp);
-            j->next = idx + 1;
-            *index = idx;
+            j->next = idx + n;
             rc = 0;
             break;
         }
@@ -655,8 +681,8 @@ static int e_append(journal_t *jj, uint64_t term, const void *data, size_t len, 
         memset(&l, 0, sizeof l);
         memset(&r, 0, sizeof r);
         memset(&h, 0, sizeof h);
-        if (txn_kv(resp, 0, &t, err) < 0 || txn_kv(resp, 1, &l, err) < 0 || txn_kv(resp, 2, &r, err) < 0 ||
-            txn_kv(resp, 3, &h, err) < 0) {
+        if (txn_kv(resp, 0, &t, &err) < 0 || txn_kv(resp, 1, &l, &err) < 0 || txn_kv(resp, 2, &r, &err) < 0 ||
+            txn_kv(resp, 3, &h, &err) < 0) {
             kv_free(&t), kv_free(&l), kv_free(&r), kv_free(&h);
             json_decref(resp);
             failed = true;
@@ -664,29 +690,93 @@ static int e_append(journal_t *jj, uint64_t term, const void *data, size_t len, 
         }
         json_decref(resp);
         bool stale = kv_u64(&t) != term || !l.present || l.lease != j->lease;
-        bool same = r.present && r.vlen == vlen && memcmp(r.val, val, vlen) == 0;
+        /* the txn is atomic: our first record in place means the whole batch
+         * was applied by an earlier attempt whose answer was lost */
+        bool same = r.present && r.vlen == first->vlen && memcmp(r.val, first->val, r.vlen) == 0;
         uint64_t head = kv_u64(&h), cur = kv_u64(&t);
         kv_free(&t), kv_free(&l), kv_free(&r), kv_free(&h);
-        if (same) { /* our own earlier attempt was applied */
-            j->next = idx + 1;
-            *index = idx;
+        if (same) {
+            j->next = idx + n;
             rc = 0;
             break;
         }
         if (stale) {
             drop_lead(j);
-            err_set(err, ESTALE, "journal(etcd): append refused: term %" PRIu64 " is no longer the leader's "
-                                 "(current term %" PRIu64 ")", term, cur);
+            err_set(&err, ESTALE, "journal(etcd): append refused: term %" PRIu64 " is no longer the leader's "
+                                  "(current term %" PRIu64 ")", term, cur);
             failed = true;
             break;
         }
-        /* index taken by a writer of the same term (another handle): move on */
+        /* the index was taken by a writer of the same term (another handle) */
         j->next = head + 1;
     }
     if (rc < 0 && !failed)
-        err_set(err, EAGAIN, "journal(etcd): append kept colliding with another writer of the same term");
-    free(val);
-    return rc;
+        err_set(&err, EAGAIN, "journal(etcd): append kept colliding with another writer of the same term");
+done:
+    for (size_t i = 0; i < n; i++) {
+        batch[i]->rc = rc;
+        batch[i]->err = err;
+        batch[i]->index = rc == 0 ? j->next - n + i : 0;
+    }
+}
+
+/* append: group commit.  The etcd backend lets several threads call append
+ * on one handle at once (its other calls stay one-thread-at-a-time): each
+ * caller queues its record; whoever finds no commit in progress takes the
+ * queue (up to JETCD_BATCH records, same term, within the request size)
+ * and writes it in one txn while the others wait for their result.  Each
+ * record still gets its own key and index; a batch is all-or-nothing. */
+static int e_append(journal_t *jj, uint64_t term, const void *data, size_t len, uint64_t *index, err_t *err)
+{
+    jetcd_t *j = (jetcd_t *)jj;
+    if (too_big(len, "record", err) < 0)
+        return -1;
+    char tv[24];
+    int hl = snprintf(tv, sizeof tv, "%" PRIu64 "\n", term);
+    pending_t me = {.term = term, .vlen = (size_t)hl + len};
+    me.val = xmalloc(me.vlen + 1);
+    memcpy(me.val, tv, (size_t)hl);
+    if (len)
+        memcpy(me.val + hl, data, len);
+    pthread_mutex_lock(&j->mu);
+    pending_t **tail = &j->queue;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = &me;
+    while (!me.done) {
+        if (j->committing) {
+            pthread_cond_wait(&j->cv, &j->mu);
+            continue;
+        }
+        /* become the committer: take a batch from the head of the queue */
+        j->committing = true;
+        pending_t *batch[JETCD_BATCH] = {0};
+        size_t n = 0, bytes = 0, ov = rec_overhead(j);
+        for (pending_t *q = j->queue; q && n < JETCD_BATCH && q->term == j->queue->term; q = q->next) {
+            if (n > 0 && bytes + q->vlen + ov > JETCD_MAX_VALUE)
+                break;
+            bytes += q->vlen + ov;
+            batch[n++] = q;
+        }
+        j->queue = batch[n - 1]->next;
+        pthread_mutex_unlock(&j->mu);
+        /* the batch's waiters read their results only once done is set,
+         * under mu, so filling them in here without it is safe */
+        commit_batch(j, batch, n);
+        pthread_mutex_lock(&j->mu);
+        for (size_t i = 0; i < n; i++)
+            batch[i]->done = true;
+        j->batches++;
+        j->committing = false;
+        pthread_cond_broadcast(&j->cv);
+    }
+    pthread_mutex_unlock(&j->mu);
+    free(me.val);
+    if (me.rc == 0)
+        *index = me.index;
+    else if (err)
+        *err = me.err;
+    return me.rc;
 }
 
 /* Calls fn for one "<term>\n<data>" log kv; returns fn's result, or -1. */
@@ -997,6 +1087,8 @@ static void e_close(journal_t *jj)
     if (j->wc)
         curl_easy_cleanup(j->wc);
     curl_slist_free_all(j->hdrs);
+    pthread_mutex_destroy(&j->mu);
+    pthread_cond_destroy(&j->cv);
     free(j);
     pthread_mutex_lock(&curl_init_lock);
     curl_global_cleanup(); /* reference-counted by libcurl */
@@ -1059,6 +1151,8 @@ journal_t *journal_etcd_open(const char *endpoints, const char *prefix, err_t *e
     }
     jetcd_t *j = xcalloc(1, sizeof *j);
     j->base.ops = &etcd_ops;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
     char *list = xstrdup(endpoints), *save = NULL;
     for (char *t = strtok_r(list, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
         size_t tl = strlen(t);
