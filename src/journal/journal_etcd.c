@@ -386,10 +386,14 @@ static void leader_parse(const kv_t *kv, leader_val_t *lv)
     json_decref(o);
 }
 
-static char *leader_json(const char *id, uint64_t term, int64_t ttl_s)
+/* since_ms: wall clock taken before the grant/keepalive was sent, so the
+ * expiry published is never later than etcd's own (which starts when the
+ * request is applied); etcd may expire the lease later, never earlier
+ * (short of a clock jump on this host). */
+static char *leader_json(const char *id, uint64_t term, uint64_t since_ms, int64_t ttl_s)
 {
     json_t *o = json_pack("{s:s, s:I, s:I}", "id", id, "term", (json_int_t)term, "lease_expiry_ms",
-                          (json_int_t)(now_wall_ms() + (uint64_t)ttl_s * 1000u));
+                          (json_int_t)(since_ms + (uint64_t)ttl_s * 1000u));
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return s;
@@ -495,12 +499,13 @@ static int e_campaign(journal_t *jj, const char *candidate, uint64_t lease_ms, u
         /* No leader: a new lease and term, created only if still no leader
          * and nobody moved the term since we read it. */
         int64_t granted;
+        uint64_t since = now_wall_ms();
         if (lease_grant(j, ttl, &lease, &granted, err) < 0)
             return -1;
         uint64_t nt = cur + 1;
         char tv[24];
         snprintf(tv, sizeof tv, "%" PRIu64, nt);
-        char *val = leader_json(candidate, nt, granted);
+        char *val = leader_json(candidate, nt, since, granted);
         json_t *cmps = json_pack("[o,o]", cmp_create0(j->k_leader), cmp_mod(j->k_term, term_mod));
         json_t *succ = json_pack("[o,o,o]", op_put(j->k_term, tv, strlen(tv), 0),
                                  op_put(j->k_leader, val, strlen(val), lease), op_range(j->k_head, NULL, 0));
@@ -549,6 +554,7 @@ static int e_renew(journal_t *jj, uint64_t term, uint64_t lease_ms, err_t *err)
     if (ensure_lead(j, term, err) < 0)
         return -1;
     int64_t left;
+    uint64_t since = now_wall_ms();
     if (lease_keepalive(j, j->lease, &left, err) < 0)
         return -1;
     if (left <= 0) {
@@ -559,7 +565,7 @@ static int e_renew(journal_t *jj, uint64_t term, uint64_t lease_ms, err_t *err)
     /* the leader key must still be ours: refresh its expiry in the same go */
     char tv[24];
     snprintf(tv, sizeof tv, "%" PRIu64, term);
-    char *val = leader_json(j->id, term, left);
+    char *val = leader_json(j->id, term, since, left);
     json_t *cmps = json_pack("[o,o]", cmp_lease(j->k_leader, j->lease), cmp_value(j->k_term, "EQUAL", tv));
     json_t *succ = json_pack("[o]", op_put(j->k_leader, val, strlen(val), j->lease));
     free(val);
