@@ -59,6 +59,13 @@ start)
     command -v "$ETCD" >/dev/null || { echo "etcd-cluster: no etcd binary" >&2; exit 1; }
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
+    for i in 1 2 3; do
+        if is_member "$dir/m$i.pid"; then
+            echo "etcd-cluster: member m$i of $dir is already running" >&2
+            exit 1
+        fi
+        rm -rf "$dir/m$i.data" # left by a failed start: it would pin the old ports
+    done
     cluster="" eps=""
     for i in 1 2 3; do
         cluster+="${cluster:+,}m$i=http://127.0.0.1:$((base + 3 + i - 1))"
