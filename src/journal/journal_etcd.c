@@ -413,12 +413,16 @@ static int read_state(jetcd_t *j, kv_t *leader, kv_t *term, kv_t *head, int64_t 
                              op_range(j->k_head, NULL, 0));
     json_t *resp;
     bool ok;
+    memset(leader, 0, sizeof *leader);
+    memset(term, 0, sizeof *term);
+    memset(head, 0, sizeof *head);
     if (txn(j, NULL, succ, NULL, &resp, &ok, err) < 0)
         return -1;
     int rc = 0;
     if (txn_kv(resp, 0, leader, err) < 0 || txn_kv(resp, 1, term, err) < 0 || txn_kv(resp, 2, head, err) < 0) {
         kv_free(leader);
         kv_free(term);
+        kv_free(head);
         rc = -1;
     }
     if (rev)

@@ -238,6 +238,12 @@ static void test_lease_expiry_and_fencing(void)
     uint64_t ta = 0, tb = 0, idx = 0;
     CHECKE(a->ops->campaign(a, "old", 1000, &ta, &err) == 1);
     CHECKE(append_str(a, ta, "by-old", &idx, &err) == 0 && idx == 1);
+    /* renewing keeps the lease (granted >= 1 s; etcd's floor is 2 s) alive past its TTL */
+    for (int i = 0; i < 7; i++) {
+        usleep(500 * 1000);
+        CHECKE(a->ops->renew(a, ta, 1000, &err) == 0);
+    }
+    CHECKE(b->ops->campaign(b, "new", 1000, &tb, &err) == 0 && tb == ta);
     int r = 0;
     uint64_t deadline = now_mono_ms() + 30000;
     while ((r = b->ops->campaign(b, "new", 1000, &tb, &err)) == 0 && now_mono_ms() < deadline)
