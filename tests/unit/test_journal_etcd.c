@@ -642,6 +642,7 @@ static void benches(const char *when)
 
 int main(void)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* lines reach a CI log even if we crash */
     if (!have_etcd()) {
         SKIP(test_journal_etcd, "no etcd/etcdctl binary (apt-get install etcd-server etcd-client)");
         return 0;
