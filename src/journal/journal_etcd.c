@@ -23,6 +23,9 @@
  *     PREFIX/head moves in the same txn, so indexes are dense and never
  *     overwritten; snapshot + compaction are one txn, so readers never see a
  *     gap.
+ * Threads: like every journal, one call at a time per handle, except that
+ * append may be called from several threads at once (group commit: queued
+ * records share one txn).
  * Endpoints are tried in order from the last one that answered; connection
  * failures and "no leader"/timeouts move to the next one, so the loss of
  * one member of three is survived.  A retried request may already have
