@@ -8,6 +8,7 @@ PKGS=(
   python3 python3-pytest python3-boto3 awscli           # runtimes' interpreter + test clients
   nodejs                                                # Node.js runtime
   zip unzip curl iproute2 procps psmisc util-linux e2fsprogs
+  etcd-server etcd-client                               # the distributed journal backend + its tests
 )
 missing=()
 for p in "${PKGS[@]}"; do
