@@ -32,7 +32,7 @@ struct fleet_worker {
     char zone[FLEET_ZONE_MAX];
     int memory_mb, cpus;
     enum fleet_state state;
-    uint64_t registered_at, lease_expiry, last_seen, state_since;
+    uint64_t lease_expiry, last_seen, state_since;
     int tracked_mb, tracked_envs;       /* from fleet_env_added/removed */
     int reported_mb, reported_envs;     /* from the last heartbeat */
     fn_count_t *fns;
@@ -228,7 +228,6 @@ int fleet_register(fleet_t *f, const fleet_registration_t *reg, uint64_t now, ui
         f->workers = xrealloc(f->workers, (size_t)(f->n + 1) * sizeof *f->workers);
         f->workers[f->n++] = w;
         strcpy(w->id, reg->id);
-        w->registered_at = now;
     }
     strcpy(w->address, reg->address);
     strcpy(w->zone, reg->zone);
@@ -363,9 +362,10 @@ static bool placeable(const fleet_t *f, const fleet_worker_t *w, uint64_t now)
 const fleet_worker_t *fleet_pick(fleet_t *f, const char *function, int memory_mb, uint64_t now,
                                  const char *const *exclude)
 {
-    if (!function || !*function || memory_mb < 1 || f->n == 0) {
-        if (function && *function && memory_mb >= 1)
-            f->unmet++;
+    if (!function || !*function || memory_mb < 1)
+        return NULL;
+    if (f->n == 0) {
+        f->unmet++;
         return NULL;
     }
     /* Environments of `function` per zone, over workers that hold any. */

@@ -186,8 +186,8 @@ int fleet_drain(fleet_t *f, const char *id, uint64_t now, err_t *err);
  * drain_before_ms of their lease end (so a late tick cannot place onto a
  * dead or leaving worker), with free memory >= memory_mb, the one whose
  * zone holds the fewest environments of `function` (over ACTIVE and
- * DRAINING workers), then the most free memory, then the earliest
- * registered.  NULL when none fits (the caller answers a capacity error;
+ * DRAINING workers), then the most free memory, then the first in
+ * registration order (a re-registered id keeps its place).  NULL when none fits (the caller answers a capacity error;
  * the miss counts as unmet demand for fleet_scale_decision) or on invalid
  * arguments.  Does not commit anything: call fleet_env_added as soon as the
  * environment is being created, fleet_env_removed if that fails.  The
