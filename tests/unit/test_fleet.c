@@ -244,6 +244,23 @@ static void test_idle_worker_drains_and_retires_in_one_tick(void)
     fleet_free(f);
 }
 
+static void test_draining_worker_lost_on_silence(void)
+{
+    fleet_t *f = new_fleet();
+    reg(f, "w1", "a", 1024, T0);
+    fleet_env_added(f, "w1", "fn", 128, NULL);
+    CHECK(fleet_drain(f, "w1", T0 + 100, NULL) == 0);
+    /* a pick that raced the drain still lands: tracked, blocks retirement */
+    CHECK(fleet_env_added(f, "w1", "fn", 128, NULL) == 0);
+    fleet_events_clear(f);
+    beat_all(f, T0 + 500);
+    CHECK(fleet_tick(f, T0 + 500) == 0);
+    CHECK(fleet_tick(f, T0 + 1501) == 1);
+    const fleet_event_t *ev = only_event(f);
+    CHECK(ev && ev->type == FLEET_EV_LOST && ev->from == FLEET_DRAINING && ev->environments == 2);
+    fleet_free(f);
+}
+
 static void test_reregister_after_loss(void)
 {
     fleet_t *f = new_fleet();
@@ -583,6 +600,7 @@ int main(void)
     RUN(test_lease_end_drains_then_retires_when_empty);
     RUN(test_lease_end_retires_busy_worker);
     RUN(test_idle_worker_drains_and_retires_in_one_tick);
+    RUN(test_draining_worker_lost_on_silence);
     RUN(test_reregister_after_loss);
     RUN(test_reregister_while_active_drops_environments);
     RUN(test_pick_by_free_memory);
