@@ -846,6 +846,9 @@ static void test_free_inside_callback(void)
     CHECK(b.done == 1 && strcmp(b.error, RPC_CANCELLED) == 0);
     CHECK(d.done == 1 && strcmp(d.error, RPC_CANCELLED) == 0);
     CHECK(free_me == NULL);
+    res_clear(&a);
+    res_clear(&b);
+    res_clear(&d);
 }
 
 /* ------------------------------------------------------------ benchmark */
