@@ -17,6 +17,9 @@
 #include <sys/wait.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 #include "check.h"
 #include "common/log.h"
@@ -851,6 +854,109 @@ static void test_free_inside_callback(void)
     res_clear(&d);
 }
 
+/* Dead-peer detection: in a child process with its own network namespace,
+ * a TCP connection over loopback loses its network (lo taken down: packets
+ * go nowhere, like a cut cable - no FIN, no RST).  The client must notice
+ * within a few seconds both with a call in flight (-> Disconnected, long
+ * before the call's 60 s timeout) and with the connection idle (keepalive).
+ * The child reports the two delays; they are printed, and only checked
+ * against a loose 20 s bound.  Skipped without CAP_NET_ADMIN. */
+static int lo_set(bool up)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct ifreq ifr = {0};
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+    int rc = ioctl(fd, SIOCGIFFLAGS, &ifr);
+    if (rc == 0) {
+        if (up)
+            ifr.ifr_flags |= IFF_UP;
+        else
+            ifr.ifr_flags &= ~IFF_UP;
+        rc = ioctl(fd, SIOCSIFFLAGS, &ifr);
+    }
+    close(fd);
+    return rc;
+}
+
+static int dead_peer_once(bool in_flight)
+{
+    if (lo_set(true) < 0)
+        return -1;
+    rpc_server_t *srv = server_start("tcp:127.0.0.1:0");
+    if (!srv)
+        return -1;
+    char a[64];
+    snprintf(a, sizeof a, "tcp:127.0.0.1:%d", rpc_server_port(srv));
+    rpc_client_t *c = rpc_client_new(base, a, NULL, NULL);
+    res_t x, y = {0};
+    call_wait(c, "echo", NULL, NULL, 0, 5000, &x);
+    if (x.error[0])
+        return -1;
+    res_clear(&x);
+    if (in_flight)
+        rpc_call(c, "hold", NULL, NULL, 0, 60000, res_cb, &y);
+    run_for(100);
+    if (lo_set(false) < 0)
+        return -1;
+    uint64_t t0 = now_mono_ms();
+    if (in_flight) {
+        run_until(&y.done, 1);
+        if (y.done != 1 || strcmp(y.error, RPC_DISCONNECTED) != 0)
+            return -1;
+    } else {
+        while (rpc_client_connected(c) && now_mono_ms() - t0 < DEADLINE_MS)
+            event_base_loop(base, EVLOOP_ONCE);
+        if (rpc_client_connected(c))
+            return -1;
+    }
+    int ms = (int)(now_mono_ms() - t0);
+    for (int i = 0; i < S.nheld; i++)
+        rpc_reply(S.held[i], NULL, NULL, 0);
+    res_clear(&y);
+    rpc_client_free(c);
+    rpc_server_free(srv);
+    return ms;
+}
+
+/* Whether this process may make a network namespace (checked in a child). */
+static bool can_unshare_net(void)
+{
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(unshare(CLONE_NEWNET) == 0 ? 0 : 1);
+    int st = 0;
+    return pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static void test_dead_peer_detection(void)
+{
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        int r[2] = {-2, -2};
+        if (unshare(CLONE_NEWNET) == 0) {
+            setup();
+            r[0] = dead_peer_once(true);
+            r[1] = dead_peer_once(false);
+            teardown();
+        }
+        if (write(fds[1], r, sizeof r) < 0)
+            _exit(1);
+        _exit(0);
+    }
+    close(fds[1]);
+    int r[2] = {-3, -3};
+    ssize_t n = read(fds[0], r, sizeof r);
+    close(fds[0]);
+    waitpid(pid, NULL, 0);
+    CHECK(n == (ssize_t)sizeof r);
+    printf("  dead peer noticed after %d ms (call in flight), %d ms (idle connection)\n", r[0], r[1]);
+    CHECK(r[0] >= 0 && r[0] < DEADLINE_MS);
+    CHECK(r[1] >= 0 && r[1] < DEADLINE_MS);
+}
+
 /* ------------------------------------------------------------ benchmark */
 
 typedef struct bench {
@@ -930,6 +1036,10 @@ int main(void)
     RUN(test_hostile_frames);
     RUN(test_abandoned_call);
     RUN(test_free_inside_callback);
+    if (can_unshare_net())
+        RUN(test_dead_peer_detection);
+    else
+        SKIP(test_dead_peer_detection, "cannot create a network namespace (needs CAP_NET_ADMIN)");
     RUN(test_benchmark);
     CHECK_EXIT();
 }
