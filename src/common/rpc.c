@@ -431,16 +431,21 @@ static void conn_close(rpc_conn_t *c, enum log_level lvl, const char *why)
     log_msg(lvl, ROLE, "connection from %s closed: %s", c->peer, why);
     bufferevent_disable(c->bev, EV_READ | EV_WRITE);
     c->depth++;
-    rpc_call_t *k = conn_detach_calls(c);
-    while (k) {
-        rpc_call_t *next = k->next;   /* the cancel callback may answer (free) k */
+    /* Pop one call at a time: a cancel callback may answer (free) any of
+     * the calls still listed, which unlinks them normally (c is dead, so
+     * their replies are dropped). */
+    rpc_call_t *k;
+    while ((k = c->calls)) {
+        c->calls = k->next;
+        if (c->calls)
+            c->calls->prev = NULL;
         k->prev = k->next = NULL;
+        k->conn = NULL;
         if (k->cancel_cb) {
             rpc_cancel_fn cb = k->cancel_cb;
             k->cancel_cb = NULL;
             cb(k, k->cancel_arg);
         }
-        k = next;
     }
     if (c->srv->close_cb)
         c->srv->close_cb(c, c->srv->close_arg);
@@ -603,8 +608,18 @@ int rpc_server_listen(rpc_server_t *s, const char *addr, err_t *err)
     if (a.family == AF_UNIX) {
         path = xstrdup(((struct sockaddr_un *)&a.ss)->sun_path);
         struct stat st;
-        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-            unlink(path);   /* stale socket of an earlier run */
+        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            /* replace a stale socket of an earlier run, not a live server's */
+            int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            int live = fd >= 0 && connect(fd, (struct sockaddr *)&a.ss, a.len) == 0;
+            if (fd >= 0)
+                close(fd);
+            if (live) {
+                free(path);
+                return err_set(err, EADDRINUSE, "listen on %s: a server is already listening", addr);
+            }
+            unlink(path);
+        }
     }
     struct evconnlistener *l = evconnlistener_new_bind(
         s->base, accept_cb, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE,

@@ -99,6 +99,17 @@ static void later_cb(evutil_socket_t fd, short w, void *arg)
 
 static void cancel_cb(rpc_call_t *call, void *arg) { S.cancels++; }
 
+/* The first cancelled call of a batch answers the whole batch, including
+ * calls whose own cancellation has not run yet. */
+static void batch_cancel_cb(rpc_call_t *call, void *arg)
+{
+    S.cancels++;
+    for (int i = 0; i < S.nheld; i++)
+        if (S.held[i])
+            rpc_reply_error(S.held[i], "Cancelled", "batch abandoned");
+    S.nheld = 0;
+}
+
 /* Methods: echo (params and body back), hold (keep the call), hold_n
  * (keep; once params.n are held, answer them all in reverse order), later
  * (answer from a timer), fail (error reply), subscribe (notify back). */
@@ -112,6 +123,9 @@ static void handler(rpc_call_t *call, const char *method, json_t *params, const 
         json_decref(r);
     } else if (strcmp(method, "hold") == 0) {
         rpc_call_set_cancel_cb(call, cancel_cb, NULL);
+        S.held[S.nheld++] = call;
+    } else if (strcmp(method, "hold_batch") == 0) {
+        rpc_call_set_cancel_cb(call, batch_cancel_cb, NULL);
         S.held[S.nheld++] = call;
     } else if (strcmp(method, "hold_n") == 0) {
         S.held[S.nheld++] = call;
@@ -818,6 +832,137 @@ static void test_abandoned_call(void)
     CHECK(z.done == 1 && strcmp(z.error, RPC_DISCONNECTED) == 0);
 }
 
+static void test_cancel_answers_other_calls(void)
+{
+    setup();
+    rpc_server_t *srv = server_start(unix_addr());
+    CHECK(srv);
+    rpc_client_t *c = rpc_client_new(base, unix_addr(), NULL, NULL);
+    static res_t x[5];
+    memset(x, 0, sizeof x);
+    for (int i = 0; i < 5; i++)
+        rpc_call(c, "hold_batch", NULL, NULL, 0, 10000, res_cb, &x[i]);
+    run_until(&S.nheld, 5);
+    int held = S.nheld;
+    rpc_client_free(c);
+    run_until(&S.closes, 1);
+    run_for(20);
+    rpc_server_free(srv);
+    teardown();
+    int cancelled = 0;
+    for (int i = 0; i < 5; i++) {
+        cancelled += x[i].done == 1 && strcmp(x[i].error, RPC_CANCELLED) == 0;
+        res_clear(&x[i]);
+    }
+    CHECK(held == 5 && cancelled == 5);
+    CHECK(S.cancels == 1 && S.nheld == 0);   /* answered calls get no cancel callback */
+}
+
+static void test_unix_address_in_use(void)
+{
+    setup();
+    rpc_server_t *srv = server_start(unix_addr());
+    CHECK(srv);
+    rpc_server_t *other = rpc_server_new(base, handler, NULL);
+    err_t err;
+    int rc = rpc_server_listen(other, unix_addr(), &err);
+    rpc_server_free(other);
+    rpc_client_t *c = rpc_client_new(base, unix_addr(), NULL, NULL);
+    res_t x;
+    call_wait(c, "echo", NULL, NULL, 0, 5000, &x);
+    rpc_client_free(c);
+    rpc_server_free(srv);
+    /* a stale socket file (no server behind it) is replaced */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+    snprintf(un.sun_path, sizeof un.sun_path, "%s", sock_path);
+    bool stale = bind(fd, (struct sockaddr *)&un, sizeof un) == 0;
+    close(fd);
+    srv = server_start(unix_addr());
+    bool replaced = srv != NULL;
+    rpc_server_free(srv);
+    teardown();
+    CHECK(rc < 0 && err.code == EADDRINUSE);
+    CHECK(x.done == 1 && !x.error[0]);
+    CHECK(stale && replaced);
+    res_clear(&x);
+}
+
+/* A peer that sends requests but never reads the replies: the server stops
+ * reading from it once ~2 frames of replies are queued, instead of
+ * buffering without bound, and resumes when the peer reads. */
+typedef struct pump {
+    int fd;
+    unsigned char *data;
+    size_t len, off, got;
+    bool reading;
+    struct event *ev;
+} pump_t;
+
+static void pump_cb(evutil_socket_t fd, short w, void *arg)
+{
+    pump_t *p = arg;
+    if ((w & EV_WRITE) && p->off < p->len) {
+        ssize_t n = send(fd, p->data + p->off, p->len - p->off, MSG_NOSIGNAL);
+        if (n > 0)
+            p->off += (size_t)n;
+    }
+    if ((w & EV_READ) && p->reading) {
+        char buf[65536];
+        ssize_t n;
+        while ((n = recv(fd, buf, sizeof buf, 0)) > 0)
+            p->got += (size_t)n;
+    }
+}
+
+static void test_backpressure(void)
+{
+    setup();
+    rpc_server_t *srv = server_start(unix_addr());
+    CHECK(srv);
+    rpc_opts_t o = {.max_frame = (1u << 20) + 4096};
+    rpc_server_set_opts(srv, &o);
+    enum { N = 20, BODY = 256 << 10 };
+    pump_t p = {0};
+    p.len = (size_t)N * (8 + 20 + BODY);
+    p.data = xcalloc(1, p.len);
+    for (int i = 0; i < N; i++) {
+        unsigned char *f = p.data + (size_t)i * (8 + 20 + BODY);
+        char h[32];
+        snprintf(h, sizeof h, "{\"id\":%d,\"m\":\"echo\"}", 10 + i);   /* 20 bytes */
+        put32(f, 20);
+        put32(f + 4, BODY);
+        memcpy(f + 8, h, 20);
+    }
+    p.fd = raw_connect();
+    CHECK(p.fd >= 0);
+    p.ev = event_new(base, p.fd, EV_READ | EV_WRITE | EV_PERSIST, pump_cb, &p);
+    event_add(p.ev, NULL);
+    run_for(500);
+    int paused_at = S.requests;
+    /* another client is still served meanwhile */
+    rpc_client_t *c = rpc_client_new(base, unix_addr(), NULL, NULL);
+    res_t x;
+    call_wait(c, "echo", NULL, NULL, 0, 5000, &x);
+    p.reading = true;
+    run_until(&S.requests, N + 1);
+    size_t want = (size_t)N * BODY;
+    uint64_t end = now_mono_ms() + DEADLINE_MS;
+    while (p.got < want && now_mono_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
+    event_free(p.ev);
+    close(p.fd);
+    free(p.data);
+    rpc_client_free(c);
+    rpc_server_free(srv);
+    teardown();
+    printf("  server paused after %d of %d requests\n", paused_at, N);
+    CHECK(paused_at < N);
+    CHECK(x.done == 1 && !x.error[0]);
+    CHECK(S.requests == N + 1 && p.got >= want);
+    res_clear(&x);
+}
+
 /* rpc_client_free from inside one of the client's own callbacks, with other
  * calls pending: every callback still runs exactly once. */
 static rpc_client_t *free_me;
@@ -1036,6 +1181,9 @@ int main(void)
     RUN(test_hostile_frames);
     RUN(test_abandoned_call);
     RUN(test_free_inside_callback);
+    RUN(test_cancel_answers_other_calls);
+    RUN(test_unix_address_in_use);
+    RUN(test_backpressure);
     if (can_unshare_net())
         RUN(test_dead_peer_detection);
     else
