@@ -549,7 +549,12 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         inet_ntop(sa->sa_family, ap, host, sizeof host);
         snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
     } else {
-        snprintf(c->peer, sizeof c->peer, "unix");
+        struct ucred cr;
+        socklen_t cl = sizeof cr;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0)
+            snprintf(c->peer, sizeof c->peer, "unix:pid %d", (int)cr.pid);
+        else
+            snprintf(c->peer, sizeof c->peer, "unix");
     }
     c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (!c->bev) {

@@ -19,8 +19,10 @@
  * Requests are pipelined: many may be in flight on one connection and the
  * responses come back in any order, matched by id.  A frame that is too big,
  * has a header that is not a JSON object, a non-integer id, a non-string
- * "m", or neither id nor "m" makes the receiver log the reason and close
- * the connection (it never reads the body of an oversized frame).
+ * "m", or neither id nor "m" (or a response sent to a server, a request
+ * sent to a client: servers only notify clients) makes the receiver log the
+ * reason and close the connection (it never reads the body of an oversized
+ * frame).
  *
  * Threading: a server or client and everything made from it belong to one
  * event_base and are used only from that base's thread.  Callbacks run from
@@ -122,7 +124,7 @@ int rpc_conn_notify(rpc_conn_t *conn, const char *method, json_t *params, const 
 /* Closes the connection now (queued output is dropped); the close callback
  * runs and outstanding calls are cancelled. */
 void rpc_conn_close(rpc_conn_t *conn);
-/* The peer's address as text ("127.0.0.1:41234", "unix"). */
+/* The peer's address as text ("127.0.0.1:41234", "unix:pid 1234"). */
 const char *rpc_conn_peer(const rpc_conn_t *conn);
 /* One user pointer per connection (NULL initially). */
 void rpc_conn_set_data(rpc_conn_t *conn, void *data);

@@ -1165,7 +1165,7 @@ static void test_benchmark(void)
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
-    log_set_level(LOG_ERROR);
+    log_set_level(getenv("RPC_TEST_LOG") ? LOG_DEBUG : LOG_ERROR);
     RUN(test_round_trip_unix);
     RUN(test_round_trip_tcp);
     RUN(test_peer_error);
