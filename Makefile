@@ -35,8 +35,11 @@ $(BUILD)/libflicker.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# --whole-archive: every role is linked in, so a role's real main overrides
+# the weak "not built" default in src/platform/serve.c.
 $(BUILD)/flicker: $(BUILD)/obj/src/main.o $(BUILD)/libflicker.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $(BUILD)/obj/src/main.o -Wl,--whole-archive $(BUILD)/libflicker.a \
+	  -Wl,--no-whole-archive $(LDLIBS)
 
 # The in-sandbox init is static and sanitizer-free: it runs inside the jail
 # before the runtime and must not depend on the host's dynamic loader paths.

@@ -4,13 +4,15 @@
 #include <string.h>
 #include "cli/cli.h"
 #include "common/version.h"
+#include "platform/serve.h"
 #include "platform/up.h"
 
 static void usage(void)
 {
     printf("flicker %s - a self-hosted AWS Lambda\n\n"
            "usage:\n"
-           "  flicker up [--listen ADDR:PORT] [--data DIR] [--no-auth] ...   run the platform\n",
+           "  flicker up [--listen ADDR:PORT] [--data DIR] [--no-auth] ...   run the platform\n"
+           "  flicker serve frontend|assignment|placement|worker [flags]    run one role\n",
            FLICKER_VERSION);
     cli_usage();
     printf("  flicker version\n");
@@ -28,6 +30,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "up"))
         return up_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "serve"))
+        return serve_main(argc - 1, argv + 1);
     int rc = cli_run(argv[1], argc - 1, argv + 1);
     if (rc >= 0)
         return rc;

@@ -62,6 +62,12 @@ int store_resolve(store_t *store, const char *name, const char *qualifier, fn_co
                   err_t *err);
 void fn_config_free(fn_config_t *cfg);
 
+/* A configuration as JSON (for RPCs between roles) and back.  from_json
+ * returns a fresh config or NULL with err (EINVAL) when fields are
+ * missing or invalid. */
+json_t *fn_config_to_json(const fn_config_t *cfg);
+fn_config_t *fn_config_from_json(json_t *obj, err_t *err);
+
 /* Splits a function reference (name, "name:qualifier", partial ARN
  * "ACCOUNT:function:name[:q]", full ARN "arn:aws:lambda:REGION:ACCOUNT:
  * function:name[:q]") into a malloc'd *name (1-64 of [A-Za-z0-9_-]) and
