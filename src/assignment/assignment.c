@@ -316,17 +316,19 @@ acquire_t *assignment_acquire(assignment_t *a, const fn_config_t *cfg, int total
     return acq;
 }
 
-void assignment_cancel(assignment_t *a, acquire_t *acq)
+void *assignment_cancel(assignment_t *a, acquire_t *acq)
 {
+    void *arg = acq->arg;
     if (acq->defer) { /* a result is queued: drop it when it fires */
         acq->cancelled = true;
-        return;
+        return arg;
     }
     /* Waiting for a cold start. */
     if (acq->slot)
         acq->slot->waiter = NULL;
     count_add(a, acq->fn, acq->unreserved, -1);
     acquire_free(acq);
+    return arg;
 }
 
 void assignment_release(assignment_t *a, env_t *env)

@@ -63,8 +63,9 @@ void assignment_free(assignment_t *a);
 acquire_t *assignment_acquire(assignment_t *a, const fn_config_t *cfg, int total_reserved,
                               acquire_fn cb, void *arg);
 /* The requester went away: the callback will not run; an environment
- * being created for it becomes idle when ready. */
-void assignment_cancel(assignment_t *a, acquire_t *acq);
+ * being created for it becomes idle when ready.  Returns the arg given to
+ * assignment_acquire (ownership back to the caller). */
+void *assignment_cancel(assignment_t *a, acquire_t *acq);
 /* Gives back an environment acquired with ACQUIRE_OK.  Safe to call from
  * the env's done callback, including when the env died (state dead). */
 void assignment_release(assignment_t *a, env_t *env);

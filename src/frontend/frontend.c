@@ -48,8 +48,9 @@ typedef struct invocation {
     char *client_context;
     char *invoked_arn;
     bool tail;
-    acquire_t *acquire;           /* while waiting for an environment */
-    env_t *env;                   /* while the event runs */
+    void *acquire;                /* while waiting for an environment */
+    backend_lease_t lease;        /* while the event runs */
+    bool leased;
     async_event_t *async;         /* set for an Event invocation from the queue */
     struct invocation *next, *prev;
 } invocation_t;
@@ -68,8 +69,7 @@ struct frontend {
     struct event_base *base;
     frontend_config_t cfg;
     store_t *store;
-    assignment_t *assignment;
-    placement_t *placement;
+    backend_t *backend;
     fnlog_dir_t *logs;
     struct evhttp *http;
     struct evhttp_bound_socket *bound;
@@ -159,7 +159,7 @@ static void on_client_gone(struct evhttp_connection *conn, void *arg)
         return;
     inv->req = NULL;
     if (inv->acquire) { /* still waiting for an environment: stop waiting */
-        assignment_cancel(inv->fe->assignment, inv->acquire);
+        inv->fe->backend->ops->cancel(inv->fe->backend, inv->acquire);
         invocation_free(inv);
     }
 }
@@ -186,23 +186,24 @@ static void reply_result(invocation_t *inv, const invoke_result_t *r, bool faile
     evbuffer_free(out);
 }
 
-static void on_invoke_done(env_t *env, const invoke_result_t *r, void *arg)
+static void on_invoke_done(const invoke_result_t *r, bool env_dead, void *arg)
 {
     invocation_t *inv = arg;
     reply_result(inv, r, r->status != INVOKE_OK);
     if (inv->async)
         async_outcome(inv, r->status == INVOKE_OK ? ASYNC_SUCCESS : ASYNC_FUNCTION_ERROR, r);
-    assignment_release(inv->fe->assignment, env);
+    inv->fe->backend->ops->release(inv->fe->backend, &inv->lease, env_dead);
     invocation_free(inv);
 }
 
-static void on_acquired(const acquire_result_t *r, void *arg)
+static void on_acquired(const acquire_result_t *r, const backend_lease_t *lease, void *arg)
 {
     invocation_t *inv = arg;
     inv->acquire = NULL;
     switch (r->status) {
     case ACQUIRE_OK: {
-        inv->env = r->env;
+        inv->lease = *lease;
+        inv->leased = true;
         invoke_event_t ev = {
             .request_id = inv->request_id,
             .payload = inv->payload,
@@ -210,7 +211,7 @@ static void on_acquired(const acquire_result_t *r, void *arg)
             .client_context = inv->client_context,
             .invoked_arn = inv->invoked_arn,
         };
-        env_invoke(r->env, &ev, on_invoke_done, inv);
+        inv->fe->backend->ops->invoke(inv->fe->backend, &inv->lease, inv->cfg, &ev, on_invoke_done, inv);
         return;
     }
     case ACQUIRE_THROTTLED:
@@ -394,8 +395,8 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
     fe->invocations = inv;
     fe->in_flight++;
     evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_client_gone, inv);
-    inv->acquire = assignment_acquire(fe->assignment, cfg, store_total_reserved(fe->store),
-                                      on_acquired, inv);
+    inv->acquire = fe->backend->ops->acquire(fe->backend, cfg, store_total_reserved(fe->store),
+                                             on_acquired, inv);
 }
 
 
@@ -528,8 +529,8 @@ static void on_async_timer(evutil_socket_t fd, short what, void *arg)
         memcpy(inv->payload, evs[i].payload, evs[i].payload_len);
         inv->payload_len = evs[i].payload_len;
         inv->invoked_arn = xasprintf("%s:%s", inv->cfg->arn, inv->cfg->version);
-        inv->acquire = assignment_acquire(fe->assignment, inv->cfg, store_total_reserved(fe->store),
-                                          on_acquired, inv);
+        inv->acquire = fe->backend->ops->acquire(fe->backend, inv->cfg,
+                                                 store_total_reserved(fe->store), on_acquired, inv);
     }
     schedule_async(fe);
 }
@@ -636,17 +637,14 @@ static void serve_status(frontend_t *fe, struct evhttp_request *req)
     int queued, running;
     uint64_t oldest;
     async_stats(fe->async, now_wall_ms(), &queued, &running, &oldest);
-    json_t *workers = json_array();
-    for (int i = 0; i < placement_count(fe->placement); i++)
-        json_array_append_new(workers, worker_status(placement_worker(fe->placement, i)));
-    json_t *st = json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:b,s:o,s:o,s:{s:i},s:{s:i,s:i,s:I}}", "version",
-                           FLICKER_VERSION, "mode", "embedded", "uptime_s",
-                           (json_int_t)((now_mono_ms() - fe->started_ms) / 1000), "region",
-                           fe->cfg.region, "account_id", fe->cfg.account_id, "cgroup",
-                           sandbox_cgroup_version(), "auth", !fe->cfg.no_auth, "assignment",
-                           assignment_status(fe->assignment), "workers", workers, "frontend",
+    json_t *st = json_pack("{s:s,s:s,s:I,s:s,s:s,s:s,s:b,s:{s:i},s:{s:i,s:i,s:I}}", "version",
+                           FLICKER_VERSION, "mode", fe->cfg.mode ? fe->cfg.mode : "embedded",
+                           "uptime_s", (json_int_t)((now_mono_ms() - fe->started_ms) / 1000),
+                           "region", fe->cfg.region, "account_id", fe->cfg.account_id, "cgroup",
+                           sandbox_cgroup_version(), "auth", !fe->cfg.no_auth, "frontend",
                            "invocations_in_flight", fe->in_flight, "async", "queued", queued,
                            "running", running, "oldest_age_ms", (json_int_t)oldest);
+    fe->backend->ops->status(fe->backend, st);
     send_json(req, 200, NULL, st);
     json_decref(st);
 }
@@ -709,21 +707,10 @@ static bool authenticate(frontend_t *fe, struct evhttp_request *req, const char 
     return false;
 }
 
-static bool still_current(const fn_config_t *cfg, void *arg)
-{
-    store_t *store = arg;
-    fn_config_t *now = NULL;
-    if (store_resolve(store, cfg->name, cfg->version, &now, NULL) < 0)
-        return false;
-    bool same = !strcmp(now->config_key, cfg->config_key);
-    fn_config_free(now);
-    return same;
-}
-
 static void on_function_changed(const char *name, void *arg)
 {
     frontend_t *fe = arg;
-    assignment_function_changed(fe->assignment, name, still_current, fe->store);
+    fe->backend->ops->function_changed(fe->backend, name, fe->store);
 }
 
 /* Matches "/2015-03-31/functions/{name}/invocations"; copies name. */
@@ -821,15 +808,13 @@ out:
 /* ------------------------------------------------------------ lifecycle */
 
 frontend_t *frontend_new(struct event_base *base, const frontend_config_t *cfg, store_t *store,
-                         assignment_t *assignment, placement_t *placement, fnlog_dir_t *logs,
-                         err_t *err)
+                         backend_t *backend, fnlog_dir_t *logs, err_t *err)
 {
     frontend_t *fe = xcalloc(1, sizeof *fe);
     fe->base = base;
     fe->cfg = *cfg;
     fe->store = store;
-    fe->assignment = assignment;
-    fe->placement = placement;
+    fe->backend = backend;
     fe->logs = logs;
     fe->started_ms = now_mono_ms();
     fe->control = (control_config_t){

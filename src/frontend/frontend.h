@@ -15,9 +15,8 @@
 #include <event2/event.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include "assignment/assignment.h"
 #include "common/err.h"
-#include "placement/placement.h"
+#include "frontend/backend.h"
 #include "store/store.h"
 #include "worker/fnlog.h"
 
@@ -33,21 +32,22 @@ typedef struct frontend_config {
     const char *secret_access_key;
     int account_concurrency;
     const char *data_dir;          /* holds async.db (the Event queue) */
+    const char *mode;              /* "embedded" or "split" (status) */
     int async_retry_delays_s[2];   /* after the 1st and 2nd failed attempt (60, 120) */
 } frontend_config_t;
 
 /* Binds the listening socket and starts serving on base.  The other
- * objects are borrowed and must outlive the frontend. */
+ * objects are borrowed and must outlive the frontend; backend is where
+ * environments come from (backend.h: in-process or remote). */
 frontend_t *frontend_new(struct event_base *base, const frontend_config_t *cfg, store_t *store,
-                         assignment_t *assignment, placement_t *placement, fnlog_dir_t *logs,
-                         err_t *err);
+                         backend_t *backend, fnlog_dir_t *logs, err_t *err);
 /* Stops accepting new requests (the listener closes; open connections
  * stay until frontend_free). */
 void frontend_stop_listening(frontend_t *fe);
 /* Number of invocations this frontend is serving right now. */
 int frontend_in_flight(const frontend_t *fe);
-/* Closes every connection and frees the frontend.  Call after
- * assignment_free/worker_free (no callbacks may arrive afterwards). */
+/* Closes every connection and frees the frontend.  Call after the
+ * backend can no longer call back (local: assignment_free/worker_free). */
 void frontend_free(frontend_t *fe);
 /* The port actually bound (useful with port 0). */
 int frontend_port(const frontend_t *fe);

@@ -275,6 +275,7 @@ int up_main(int argc, char **argv)
     placement_t *placement = NULL;
     assignment_t *assignment = NULL;
     frontend_t *fe = NULL;
+    backend_t *backend = NULL;
     struct event_base *base = NULL;
     platform_t p = {0};
     struct event *sigint = NULL, *sigterm = NULL;
@@ -337,7 +338,8 @@ int up_main(int argc, char **argv)
         .data_dir = data,
         .async_retry_delays_s = {o.retry_delays[0], o.retry_delays[1]},
     };
-    fe = frontend_new(base, &fc, store, assignment, placement, logs, &err);
+    backend = backend_local_new(assignment, placement);
+    fe = frontend_new(base, &fc, store, backend, logs, &err);
     if (!fe) {
         log_error("up", "%s", err.msg);
         goto out;
@@ -369,6 +371,8 @@ out:
     assignment_free(assignment);
     worker_free(worker);
     frontend_free(fe);
+    if (backend)
+        backend->ops->free(backend);
     placement_free(placement);
     if (p.grace_timer)
         event_free(p.grace_timer);

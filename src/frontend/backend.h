@@ -1,0 +1,62 @@
+/* backend.h - what the frontend needs from assignment and the workers.
+ *
+ * The invoke path is: acquire an environment for a configuration (warm or
+ * cold, or a throttle/init error), invoke it with one event, release it.
+ * Two implementations sit behind this struct of function pointers:
+ *   - local (backend_local.c): the embedded mode, assignment and worker in
+ *     this process (`flicker up`);
+ *   - remote (backend_remote.c): the assignment leader and the workers are
+ *     other processes or hosts, reached over RPC (docs/protocol.md).
+ * The frontend's code is the same for both: one code path for one host
+ * and many.
+ *
+ * Contract (both): every acquire ends in exactly one callback, never called
+ * synchronously, unless cancelled first; every invoke ends in exactly one
+ * done callback; a lease handed out by acquire must be released exactly
+ * once (dead = the environment is gone). */
+#ifndef FLICKER_BACKEND_H
+#define FLICKER_BACKEND_H
+#include <jansson.h>
+#include <stdbool.h>
+#include "assignment/assignment.h"
+#include "store/store.h"
+#include "worker/worker.h"
+
+typedef struct backend backend_t;
+
+/* An environment handed to one invocation. */
+typedef struct backend_lease {
+    env_t *env;            /* local: the environment itself */
+    char env_id[40];       /* remote: the environment's id ... */
+    char worker[160];      /* ... and its worker's RPC address */
+} backend_lease_t;
+
+/* acquire's outcome: r->status as assignment.h; lease valid when OK. */
+typedef void (*backend_acquired_fn)(const acquire_result_t *r, const backend_lease_t *lease, void *arg);
+/* invoke's outcome; env_dead when the environment did not survive it. */
+typedef void (*backend_done_fn)(const invoke_result_t *r, bool env_dead, void *arg);
+
+typedef struct backend_ops {
+    /* Returns a handle for cancel, valid until the callback runs. */
+    void *(*acquire)(backend_t *b, const fn_config_t *cfg, int total_reserved, backend_acquired_fn cb,
+                     void *arg);
+    void (*cancel)(backend_t *b, void *handle);
+    void (*invoke)(backend_t *b, const backend_lease_t *lease, const fn_config_t *cfg,
+                   const invoke_event_t *ev, backend_done_fn done, void *arg);
+    void (*release)(backend_t *b, const backend_lease_t *lease, bool dead);
+    /* A function's code/config changed or it was deleted: retire the
+     * environments whose configuration is no longer current. */
+    void (*function_changed)(backend_t *b, const char *name, store_t *store);
+    /* Adds "assignment" and "workers" members to the status document. */
+    void (*status)(backend_t *b, json_t *status);
+    void (*free)(backend_t *b);
+} backend_ops_t;
+
+struct backend {
+    const backend_ops_t *ops;
+};
+
+/* The embedded backend over an in-process assignment table and its
+ * placement (both borrowed). */
+backend_t *backend_local_new(assignment_t *assignment, placement_t *placement);
+#endif

@@ -1,0 +1,115 @@
+/* backend_local.c - the embedded backend: assignment and worker in this
+ * process (see backend.h).  A thin adapter: leases carry the env_t. */
+#include <stdlib.h>
+#include <string.h>
+#include "common/util.h"
+#include "frontend/backend.h"
+
+typedef struct local_backend {
+    backend_t base;
+    assignment_t *assignment;
+    placement_t *placement;
+} local_backend_t;
+
+typedef struct pending {
+    backend_acquired_fn acquired;
+    backend_done_fn done;
+    void *arg;
+} pending_t;
+
+static void on_acquired(const acquire_result_t *r, void *arg)
+{
+    pending_t p = *(pending_t *)arg;
+    free(arg);
+    backend_lease_t lease = {.env = r->env};
+    if (r->env)
+        snprintf(lease.env_id, sizeof lease.env_id, "%s", env_id(r->env));
+    p.acquired(r, r->status == ACQUIRE_OK ? &lease : NULL, p.arg);
+}
+
+static void *local_acquire(backend_t *b, const fn_config_t *cfg, int total_reserved,
+                           backend_acquired_fn cb, void *arg)
+{
+    local_backend_t *lb = (local_backend_t *)b;
+    pending_t *p = xcalloc(1, sizeof *p);
+    p->acquired = cb;
+    p->arg = arg;
+    return assignment_acquire(lb->assignment, cfg, total_reserved, on_acquired, p);
+}
+
+static void local_cancel(backend_t *b, void *handle)
+{
+    local_backend_t *lb = (local_backend_t *)b;
+    pending_t *p = assignment_cancel(lb->assignment, handle);
+    free(p);
+}
+
+static void on_done(env_t *env, const invoke_result_t *r, void *arg)
+{
+    pending_t p = *(pending_t *)arg;
+    free(arg);
+    p.done(r, env_state(env) == ENV_DEAD, p.arg);
+}
+
+static void local_invoke(backend_t *b, const backend_lease_t *lease, const fn_config_t *cfg,
+                         const invoke_event_t *ev, backend_done_fn done, void *arg)
+{
+    pending_t *p = xcalloc(1, sizeof *p);
+    p->done = done;
+    p->arg = arg;
+    env_invoke(lease->env, ev, on_done, p);
+}
+
+static void local_release(backend_t *b, const backend_lease_t *lease, bool dead)
+{
+    local_backend_t *lb = (local_backend_t *)b;
+    assignment_release(lb->assignment, lease->env);
+}
+
+static bool still_current(const fn_config_t *cfg, void *arg)
+{
+    store_t *store = arg;
+    fn_config_t *now = NULL;
+    if (store_resolve(store, cfg->name, cfg->version, &now, NULL) < 0)
+        return false;
+    bool same = !strcmp(now->config_key, cfg->config_key);
+    fn_config_free(now);
+    return same;
+}
+
+static void local_function_changed(backend_t *b, const char *name, store_t *store)
+{
+    local_backend_t *lb = (local_backend_t *)b;
+    assignment_function_changed(lb->assignment, name, still_current, store);
+}
+
+static void local_status(backend_t *b, json_t *status)
+{
+    local_backend_t *lb = (local_backend_t *)b;
+    json_t *workers = json_array();
+    for (int i = 0; i < placement_count(lb->placement); i++)
+        json_array_append_new(workers, worker_status(placement_worker(lb->placement, i)));
+    json_object_set_new(status, "assignment", assignment_status(lb->assignment));
+    json_object_set_new(status, "workers", workers);
+}
+
+static void local_free(backend_t *b) { free(b); }
+
+static const backend_ops_t local_ops = {
+    .acquire = local_acquire,
+    .cancel = local_cancel,
+    .invoke = local_invoke,
+    .release = local_release,
+    .function_changed = local_function_changed,
+    .status = local_status,
+    .free = local_free,
+};
+
+backend_t *backend_local_new(assignment_t *assignment, placement_t *placement)
+{
+    local_backend_t *lb = xcalloc(1, sizeof *lb);
+    lb->base.ops = &local_ops;
+    lb->assignment = assignment;
+    lb->placement = placement;
+    return &lb->base;
+}
