@@ -75,7 +75,7 @@ typedef struct journal_ops {
      * leader of term), then drops records <= upto that are no longer
      * needed, so restart time stays bounded. */
     int (*snapshot)(journal_t *j, uint64_t term, uint64_t upto, const void *data, size_t len, err_t *err);
-    /* Loads the latest snapshot: returns 1 with a malloc'd *data/*len and
+    /* Loads the latest snapshot: returns 1 with a malloc'd *data, its *len and
      * *upto, or 0 when there is none. */
     int (*load_snapshot)(journal_t *j, uint64_t *upto, void **data, size_t *len, err_t *err);
 

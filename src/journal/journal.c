@@ -1,0 +1,49 @@
+/* journal.c - journal_open(): picks the backend from a spec string.
+ *
+ *   "file:/path/to/dir"                        -> journal_file_open(dir)
+ *   "etcd:http://h:2379,http://h2:2379;prefix=/p" -> journal_etcd_open(endpoints, prefix)
+ *
+ * journal_etcd_open is referenced WEAKLY (a weak declaration, not a weak
+ * stub definition): with a static libflicker.a a weak stub in this file
+ * would be linked instead of the real journal_etcd.o even for programs that
+ * call journal_etcd_open directly (the archive member that first defines
+ * the symbol wins, and a weak definition stops the search).  A weak
+ * reference never shadows it: when journal_etcd.o is not linked the
+ * pointer is NULL and journal_open says "etcd backend not built".  Once
+ * journal_etcd.c is merged, drop the weak attribute so that journal_open
+ * itself pulls the etcd backend into every program. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "journal/journal.h"
+
+extern journal_t *journal_etcd_open(const char *endpoints, const char *prefix, err_t *err)
+    __attribute__((weak));
+
+journal_t *journal_open(const char *spec, err_t *err)
+{
+    if (!spec) {
+        err_set(err, EINVAL, "journal: no spec");
+        return NULL;
+    }
+    if (!strncmp(spec, "file:", 5))
+        return journal_file_open(spec + 5, err);
+    if (!strncmp(spec, "etcd:", 5)) {
+        if (!journal_etcd_open) {
+            err_set(err, ENOTSUP, "journal: etcd backend not built");
+            return NULL;
+        }
+        const char *rest = spec + 5, *semi = strchr(rest, ';');
+        char *endpoints = semi ? xstrndup(rest, (size_t)(semi - rest)) : xstrdup(rest);
+        const char *prefix = "/flicker";
+        if (semi && !strncmp(semi + 1, "prefix=", 7))
+            prefix = semi + 8;
+        journal_t *j = journal_etcd_open(endpoints, prefix, err);
+        free(endpoints);
+        return j;
+    }
+    err_set(err, EINVAL, "journal: unknown spec \"%s\" (want file:DIR or etcd:ENDPOINTS[;prefix=P])", spec);
+    return NULL;
+}
