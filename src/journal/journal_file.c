@@ -219,6 +219,7 @@ typedef struct jfile {
     int broken;   /* a write or sync failed: everything fails with EIO */
     journal_file_fault_t fault;
     unsigned nwrites, nsyncs;
+    uint64_t nappends, nsyncs_total; /* journal_file_stats */
 } jfile_t;
 
 static int broken_err(err_t *err)
@@ -423,7 +424,8 @@ static int later_batch_follows(rdr_t *r, uint64_t off, uint64_t expect, err_t *e
 
 /* Scans segment s from where the last scan stopped.  writer: the caller
  * holds the lock and a torn tail of the last segment is cut off; otherwise
- * scanning just stops at the first incomplete record. */
+ * scanning just stops at the first incomplete record.  Returns 0, -1 with
+ * err, or 1 (readers only) when the segment vanished (compacted). */
 static int scan_seg(jfile_t *j, seg_t *s, int is_last, int writer, err_t *err)
 {
     char name[32];
@@ -431,7 +433,7 @@ static int scan_seg(jfile_t *j, seg_t *s, int is_last, int writer, err_t *err)
     int fd = openat(j->dirfd, name, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT && !writer)
-            return 0; /* compacted under us: the next refresh lists again */
+            return 1; /* compacted under us: list again */
         return err_sys(err, "journal: open %s/%s", j->dir, name);
     }
     struct stat sb;
@@ -530,10 +532,8 @@ static int list_dir(jfile_t *j, uint64_t **firsts, size_t *n, uint64_t *snap_max
 
 /* Brings the in-memory segment table up to date with DIR (see scan_seg
  * for `writer`).  Caller holds mu (and the flock if writer). */
-static int refresh(jfile_t *j, int writer, err_t *err)
+static int refresh_once(jfile_t *j, int writer, err_t *err)
 {
-    if (!writer && j->writing)
-        return 0;
     uint64_t *firsts = NULL, snap_max = 0;
     size_t n = 0;
     if (list_dir(j, &firsts, &n, &snap_max, err) < 0)
@@ -566,8 +566,9 @@ static int refresh(jfile_t *j, int writer, err_t *err)
         if (i + 1 < n && j->segs[i].sealed)
             continue;
         j->segs[i].sealed = 0;
-        if (scan_seg(j, &j->segs[i], i + 1 == n, writer, err) < 0)
-            return -1;
+        int rc = scan_seg(j, &j->segs[i], i + 1 == n, writer, err);
+        if (rc != 0)
+            return rc;
         if (i + 1 < n) {
             if (j->segs[i + 1].first != j->segs[i].last + 1)
                 return err_set(err, EUCLEAN, "journal: %s: gap between index %" PRIu64 " and segment %020" PRIu64,
@@ -582,7 +583,24 @@ static int refresh(jfile_t *j, int writer, err_t *err)
     return 0;
 }
 
+static int refresh(jfile_t *j, int writer, err_t *err)
+{
+    if (!writer && j->writing)
+        return 0;
+    for (int i = 0; i < 8; i++) {
+        int rc = refresh_once(j, writer, err);
+        if (rc <= 0)
+            return rc;
+    }
+    return err_set(err, EAGAIN, "journal: %s: segments keep vanishing while being listed", j->dir);
+}
+
 /* ---- leadership -------------------------------------------------------- */
+
+static uint64_t expiry_after(uint64_t now, uint64_t lease_ms)
+{
+    return lease_ms > UINT64_MAX - now ? UINT64_MAX : now + lease_ms;
+}
 
 static int jf_campaign(journal_t *jj, const char *cand, uint64_t lease_ms, uint64_t *term, err_t *err)
 {
@@ -604,7 +622,7 @@ static int jf_campaign(journal_t *jj, const char *cand, uint64_t lease_ms, uint6
             if (!live)
                 st.term++;
             snprintf(st.id, sizeof st.id, "%s", cand);
-            st.expiry = now + lease_ms;
+            st.expiry = expiry_after(now, lease_ms);
             rc = lstate_write(j, &st, err) < 0 ? -1 : 1;
         }
         if (rc >= 0 && term)
@@ -631,7 +649,7 @@ static int leader_update(jfile_t *j, uint64_t term, int resign, uint64_t lease_m
             st.id[0] = 0;
             st.expiry = 0;
         } else {
-            st.expiry = now_wall_ms() + lease_ms;
+            st.expiry = expiry_after(now_wall_ms(), lease_ms);
         }
         rc = lstate_write(j, &st, err);
     }
@@ -652,11 +670,18 @@ static int jf_resign(journal_t *jj, uint64_t term, err_t *err)
 static int jf_leader(journal_t *jj, journal_leader_t *out, err_t *err)
 {
     jfile_t *j = (jfile_t *)jj;
-    if (flock_take(j, LOCK_SH, err) < 0)
-        return -1;
+    /* Without the lock, so that a stuck writer cannot block it: a slot
+     * being rewritten fails its CRC and the other slot is the previous
+     * state.  Both bad can only be a race with two quick writes: retry. */
     lstate_t st;
-    int rc = lstate_read(j, &st, err);
-    flock_drop(j);
+    int rc = -1;
+    for (int i = 0; i < 5 && rc < 0; i++) {
+        rc = lstate_read(j, &st, err);
+        if (rc < 0 && (!err || err->code != EUCLEAN))
+            return -1;
+        if (rc < 0)
+            usleep(1000);
+    }
     if (rc < 0)
         return -1;
     memset(out, 0, sizeof *out);
@@ -784,6 +809,8 @@ static void run_batch(jfile_t *j)
     if (ensure_tail(j, &e) < 0)
         goto fail;
     seg_t *t = &j->segs[j->nsegs - 1];
+    if (j->synced_end < t->end)
+        j->synced_end = t->end; /* appended and synced by another handle */
     uint64_t base = t->end, first = t->last + 1, idx = first;
     buf = xmalloc(total);
     size_t off = 0;
@@ -822,6 +849,8 @@ static void run_batch(jfile_t *j)
         r->rc = 0;
     }
     j->synced_end = t->end;
+    j->nappends += nok;
+    j->nsyncs_total++;
     goto out;
 fail:
     fail_reqs(batch, &e);
@@ -1082,9 +1111,8 @@ static int jf_snapshot(journal_t *jj, uint64_t term, uint64_t upto, const void *
     return rc;
 }
 
-static int jf_load_snapshot(journal_t *jj, uint64_t *upto, void **data, size_t *len, err_t *err)
+static int load_once(jfile_t *j, uint64_t *upto, void **data, size_t *len, err_t *err)
 {
-    jfile_t *j = (jfile_t *)jj;
     DIR *d = opendir(j->dir);
     if (!d)
         return err_sys(err, "journal: open directory %s", j->dir);
@@ -1126,6 +1154,41 @@ static int jf_load_snapshot(journal_t *jj, uint64_t *upto, void **data, size_t *
         rc = 1;
     }
     free(v);
+    /* Records before the first segment exist only in a snapshot: if no
+     * valid snapshot covers them, say so rather than report "none". */
+    pthread_mutex_lock(&j->mu);
+    int frc = refresh(j, 0, err);
+    uint64_t avail = j->nsegs ? j->segs[0].first : 1;
+    pthread_mutex_unlock(&j->mu);
+    if (frc < 0) {
+        if (rc == 1) {
+            free(*data);
+            *data = NULL;
+        }
+        return -1;
+    }
+    if (avail > 1 && (rc == 0 || *upto < avail - 1)) {
+        if (rc == 1) {
+            free(*data);
+            *data = NULL;
+        }
+        return err_set(err, EUCLEAN, "journal: %s: records 1..%" PRIu64 " were compacted but no valid snapshot covers them",
+                       j->dir, avail - 1);
+    }
+    return rc;
+}
+
+static int jf_load_snapshot(journal_t *jj, uint64_t *upto, void **data, size_t *len, err_t *err)
+{
+    jfile_t *j = (jfile_t *)jj;
+    int rc = -1;
+    /* A compaction between listing snapshots and listing segments looks
+     * like a missing snapshot: look again before believing it. */
+    for (int i = 0; i < 3 && rc < 0; i++) {
+        rc = load_once(j, upto, data, len, err);
+        if (rc < 0 && (!err || err->code != EUCLEAN))
+            break;
+    }
     return rc;
 }
 
@@ -1222,6 +1285,15 @@ fail:
 journal_t *journal_file_open(const char *dir, err_t *err)
 {
     return journal_file_open_opts(dir, NULL, err);
+}
+
+void journal_file_stats(journal_t *jj, uint64_t *appends, uint64_t *syncs)
+{
+    jfile_t *j = (jfile_t *)jj;
+    pthread_mutex_lock(&j->mu);
+    *appends = j->nappends;
+    *syncs = j->nsyncs_total;
+    pthread_mutex_unlock(&j->mu);
 }
 
 void journal_file_set_fault(journal_t *jj, const journal_file_fault_t *fault)

@@ -23,6 +23,10 @@ typedef struct journal_file_opts {
 /* journal_file_open() with options (opts may be NULL). */
 journal_t *journal_file_open_opts(const char *dir, const journal_file_opts_t *opts, err_t *err);
 
+/* Records appended and fdatasyncs issued by this handle so far: their ratio
+ * is the mean group-commit batch size. */
+void journal_file_stats(journal_t *j, uint64_t *appends, uint64_t *syncs);
+
 /* Fault injection (tests only).  Counters count calls on this handle's
  * segment files from the moment the fault is set; 0 disables a fault.
  *   short_write_at: the Nth segment write stores only its first half,
