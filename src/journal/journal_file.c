@@ -345,6 +345,13 @@ typedef struct rdr {
     size_t wlen;
 } rdr_t;
 
+/* Read window for bytes [off, end): up to 1 MiB, at least 4 KiB. */
+static size_t window_for(uint64_t off, uint64_t end)
+{
+    uint64_t n = end > off ? end - off : 0;
+    return n < 4096 ? 4096 : n > (1u << 20) ? (1u << 20) : (size_t)n;
+}
+
 /* Returns a pointer to bytes [off, off+n) of the file (off+n <= r->size),
  * reading a window of r->cap bytes as needed; NULL with err on failure. */
 static const unsigned char *rdr_get(rdr_t *r, uint64_t off, size_t n, err_t *err)
@@ -442,10 +449,14 @@ static int scan_seg(jfile_t *j, seg_t *s, int is_last, int writer, err_t *err)
         close(fd);
         return -1;
     }
-    rdr_t r = {.fd = fd, .size = (uint64_t)sb.st_size, .cap = 1u << 20};
-    r.buf = xmalloc(r.cap);
     int rc = 0;
     uint64_t off = s->end;
+    if (off == (uint64_t)sb.st_size) { /* the common case: nothing new */
+        close(fd);
+        return 0;
+    }
+    rdr_t r = {.fd = fd, .size = (uint64_t)sb.st_size, .cap = window_for(off, (uint64_t)sb.st_size)};
+    r.buf = xmalloc(r.cap);
     if (off > r.size) {
         rc = err_set(err, EUCLEAN, "journal: %s/%s is shorter (%" PRIu64 ") than already read (%" PRIu64 ")",
                      j->dir, name, r.size, off);
@@ -955,7 +966,7 @@ static int jf_read(journal_t *jj, uint64_t from, journal_record_fn fn, void *arg
                 rc = err_sys(err, "journal: open %s/%s", j->dir, name);
                 break;
             }
-            rdr_t r = {.fd = fd, .size = pl[k].end, .cap = 1u << 20};
+            rdr_t r = {.fd = fd, .size = pl[k].end, .cap = window_for(pl[k].start_off, pl[k].end)};
             r.buf = xmalloc(r.cap);
             uint64_t off = pl[k].start_off, expect = pl[k].start_idx;
             while (off < pl[k].end) {
@@ -992,6 +1003,24 @@ static int jf_wait(journal_t *jj, uint64_t from, int timeout_ms, err_t *err)
 {
     jfile_t *j = (jfile_t *)jj;
     uint64_t deadline = now_mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+    /* The watch is made on the first wait (closing an inotify fd costs
+     * milliseconds, so handles that never wait do without) and before the
+     * first scan below, so no growth after that scan goes unnoticed. */
+    pthread_mutex_lock(&j->mu);
+    if (j->ifd == -1) {
+        j->ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+        if (j->ifd >= 0 && inotify_add_watch(j->ifd, j->dir, IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_DELETE) < 0) {
+            int saved = errno;
+            close(j->ifd);
+            j->ifd = -1;
+            errno = saved;
+        }
+        if (j->ifd < 0) {
+            log_warn("journal", "inotify on %s failed (%s); wait() polls", j->dir, strerror(errno));
+            j->ifd = -2;
+        }
+    }
+    pthread_mutex_unlock(&j->mu);
     for (;;) {
         pthread_mutex_lock(&j->mu);
         int rc = j->broken ? broken_err(err) : refresh(j, 0, err);
@@ -1256,13 +1285,6 @@ journal_t *journal_file_open_opts(const char *dir, const journal_file_opts_t *op
     if (j->lfd < 0 || fsync(j->dirfd) < 0) {
         err_sys(err, "journal: open %s/leader", dir);
         goto fail;
-    }
-    /* Watch before the first scan, so no growth after it goes unnoticed. */
-    j->ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    if (j->ifd >= 0 && inotify_add_watch(j->ifd, dir, IN_MODIFY | IN_CREATE | IN_MOVED_TO | IN_DELETE) < 0) {
-        log_warn("journal", "inotify on %s failed (%s); wait() polls", dir, strerror(errno));
-        close(j->ifd);
-        j->ifd = -1;
     }
     if (flock_take(j, LOCK_EX, err) < 0)
         goto fail;

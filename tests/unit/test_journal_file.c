@@ -387,6 +387,7 @@ static void test_fencing_leases(void)
     /* A leader in another process that gets stuck (SIGSTOP). */
     int pfd[2];
     CHECK(pipe(pfd) == 0);
+    fflush(stdout);
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
@@ -555,6 +556,7 @@ static void test_wait_cross_process(void)
     uint64_t term;
     CHECK(j->ops->campaign(j, "a", 60000, &term, &err) == 1);
     CHECK(j->ops->wait(j, 1, 20, &err) == 0);
+    fflush(stdout);
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
@@ -689,6 +691,7 @@ static void test_killed_writer(void)
     for (unsigned round = 0; round < 5 && ok; round++) {
         int pfd[2];
         CHECK(pipe(pfd) == 0);
+        fflush(stdout);
         pid_t pid = fork();
         CHECK(pid >= 0);
         if (pid == 0) {
@@ -748,6 +751,7 @@ static void test_follower_during_compaction(void)
     uint64_t term, idx;
     CHECK(j->ops->campaign(j, "L", 60000, &term, &err) == 1);
     enum { TOTAL = 1500 };
+    fflush(stdout);
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
