@@ -551,7 +551,18 @@ static int refresh_once(jfile_t *j, int writer, err_t *err)
         return -1;
     if (snap_max > j->snap_upto)
         j->snap_upto = snap_max;
-    /* Merge: keep what we know of segments still present. */
+    /* Merge: keep what we know of segments still present.  Compaction
+     * only ever removes a prefix and never the last segment: any other
+     * segment that vanished took records with it. */
+    for (size_t o = 0, k = 0; o < j->nsegs; o++) {
+        uint64_t f = j->segs[o].first;
+        while (k < n && firsts[k] < f)
+            k++;
+        if ((k < n && firsts[k] == f) || (n && f < firsts[0] && o + 1 < j->nsegs))
+            continue; /* present, or part of a compacted prefix */
+        free(firsts);
+        return err_set(err, EUCLEAN, "journal: %s: segment %020" PRIu64 " vanished", j->dir, f);
+    }
     seg_t *ns = xcalloc(n ? n : 1, sizeof *ns);
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
@@ -1288,6 +1299,16 @@ journal_t *journal_file_open_opts(const char *dir, const journal_file_opts_t *op
     }
     if (flock_take(j, LOCK_EX, err) < 0)
         goto fail;
+    /* Snapshot temp files of a crashed snapshot() are garbage. */
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        size_t l = strlen(de->d_name);
+        if (l > 9 && !strcmp(de->d_name + l - 9, ".snap.tmp"))
+            unlinkat(j->dirfd, de->d_name, 0);
+    }
+    if (d)
+        closedir(d);
     lstate_t st;
     pthread_mutex_lock(&j->mu);
     int rc = lstate_read(j, &st, err);

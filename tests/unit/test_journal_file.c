@@ -330,6 +330,22 @@ static void test_middle_corruption_refused(void)
     if (d)
         closedir(d);
     CHECK(nf >= 3);
+    /* A reader that knew the last segment notices when it vanishes. */
+    journal_t *f = jopen(2048);
+    CHECK(f);
+    got_t g;
+    CHECK(read_all(f, 1, &g, NULL) == 0 && g.n == 100);
+    got_free(&g);
+    char *lastp = last_seg(), *keep = xasprintf("%s.keep", lastp);
+    CHECK(rename(lastp, keep) == 0);
+    memset(&err, 0, sizeof err);
+    CHECK(f->ops->read(f, 1, collect, &g, NULL, &err) < 0 && err.code == EUCLEAN);
+    got_free(&g);
+    CHECK(strstr(err.msg, "vanished") != NULL);
+    CHECK(rename(keep, lastp) == 0);
+    free(lastp);
+    free(keep);
+    journal_close(f);
     uint64_t second = UINT64_MAX;
     for (size_t i = 0; i < nf; i++)
         if (firsts[i] > 1 && firsts[i] < second)
