@@ -16,8 +16,9 @@
  *                              lease_expiry_ms, id}; a write goes to slot
  *                              seq % 2, so a torn write leaves the other
  *                              slot (the previous state) intact.  flock on
- *                              this file serialises every read-modify-write
- *                              and every append batch.
+ *                              this file serialises every read-modify-write,
+ *                              append batch, snapshot and recovery; leader()
+ *                              and followers read without it.
  *   snapshot-<upto>.snap       {crc, magic, upto, term, len} + data, written
  *                              as .tmp, fsynced, renamed, directory fsynced.
  *
@@ -61,7 +62,9 @@
  * THREADS: unlike journal.h's minimum, every call is safe from several
  * threads; concurrent appends form one batch (the first waiter leads the
  * batch, the others sleep on a condition variable) sharing one write and
- * one fdatasync.  Lock order: flk (with the flock) before mu. */
+ * one fdatasync.  Lock order: flk (with the flock) before mu.  A handle
+ * must not be shared across fork() (the flock belongs to the open file
+ * description): a child opens its own. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
