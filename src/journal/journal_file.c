@@ -1363,6 +1363,26 @@ void journal_file_crash(journal_t *jj, enum journal_crash_mode mode, unsigned se
             cut &= ~(uint64_t)511;
             keep = cut > keep ? cut : keep;
         }
+        if (mode == JOURNAL_CRASH_SCRAMBLE) {
+            unsigned s = seed;
+            unsigned char sec[512];
+            for (uint64_t off = keep & ~(uint64_t)511; off < size; off += 512) {
+                size_t n = size - off < 512 ? (size_t)(size - off) : 512;
+                unsigned what = (unsigned)rand_r(&s) % 3;
+                uint64_t from = off < keep ? keep : off; /* synced bytes stay */
+                if (what == 0)
+                    continue;
+                for (size_t i = 0; i < n; i++)
+                    sec[i] = what == 1 ? 0 : (unsigned char)rand_r(&s);
+                (void)pwrite_full(j->wfd, sec + (from - off), n - (size_t)(from - off), from);
+            }
+            uint64_t cut = keep + (uint64_t)rand_r(&s) % (size - keep + 1);
+            cut = (cut + 511) & ~(uint64_t)511;
+            if (cut < size)
+                (void)ftruncate(j->wfd, (off_t)(cut > keep ? cut : keep));
+            jf_close(jj);
+            return;
+        }
         if (ftruncate(j->wfd, (off_t)keep) == 0 && mode == JOURNAL_CRASH_TORN && keep < size) {
             unsigned char junk[512];
             unsigned s = seed ^ 0x9e3779b9u;

@@ -45,9 +45,13 @@ void journal_file_set_fault(journal_t *j, const journal_file_fault_t *fault);
  *   JOURNAL_CRASH_DROP: discarded (the file is cut back to its synced size);
  *   JOURNAL_CRASH_TORN: a random prefix, cut at a 512-byte sector boundary,
  *                       survives, and the sector after it is filled with
- *                       garbage (seeded by seed) - a torn write.
+ *                       garbage (seeded by seed) - a torn write;
+ *   JOURNAL_CRASH_SCRAMBLE: sectors reached the disk in any order: each
+ *                       512-byte sector of the unsynced part is kept,
+ *                       zeroed or filled with garbage, and the file may end
+ *                       at any sector boundary after the synced size.
  * Nothing is synced on the way out. */
-enum journal_crash_mode { JOURNAL_CRASH_DROP, JOURNAL_CRASH_TORN };
+enum journal_crash_mode { JOURNAL_CRASH_DROP, JOURNAL_CRASH_TORN, JOURNAL_CRASH_SCRAMBLE };
 void journal_file_crash(journal_t *j, enum journal_crash_mode mode, unsigned seed);
 
 /* CRC32C (Castagnoli) of n bytes, continuing from crc (0 to start).

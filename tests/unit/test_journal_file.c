@@ -610,7 +610,8 @@ static void test_wait_cross_process(void)
 }
 
 /* test6.c-style: random short writes, failed syncs and power losses
- * (dropped or torn unsynced data) over many rounds on one directory.
+ * (unsynced data dropped, torn, or scrambled sector by sector) over many
+ * rounds on one directory.
  * Every acknowledged record must survive exactly; nothing malformed may be
  * read back; the journal must always reopen. */
 typedef struct fthr {
@@ -638,11 +639,14 @@ static void *fault_appender(void *arg)
 static void test_fault_injection_power_loss(void)
 {
     mktmp();
-    enum { MAXI = 4000 };
+    /* JOURNAL_FAULT_ROUNDS / JOURNAL_FAULT_SEED for longer or other runs. */
+    unsigned rounds = getenv("JOURNAL_FAULT_ROUNDS") ? (unsigned)atoi(getenv("JOURNAL_FAULT_ROUNDS")) : 80;
+    unsigned rnd = getenv("JOURNAL_FAULT_SEED") ? (unsigned)atoi(getenv("JOURNAL_FAULT_SEED")) : 12345;
+    const unsigned MAXI = rounds * 40 + 100;
     unsigned *expect = xcalloc(MAXI + 1, sizeof *expect); /* index -> seed, 0: none acked */
-    unsigned rnd = 12345, acked_total = 0, crashes = 0, faults = 0;
+    unsigned acked_total = 0, crashes = 0, faults = 0;
     int ok = 1;
-    for (unsigned round = 0; round < 80 && ok; round++) {
+    for (unsigned round = 0; round < rounds && ok; round++) {
         journal_t *j = jopen(1024 + rand_r(&rnd) % 8192);
         if (!j) {
             ok = 0;
@@ -691,7 +695,7 @@ static void test_fault_injection_power_loss(void)
         }
         faults += kind < 2;
         if (rand_r(&rnd) % 4) {
-            journal_file_crash(j, rand_r(&rnd) % 2 ? JOURNAL_CRASH_TORN : JOURNAL_CRASH_DROP, rand_r(&rnd));
+            journal_file_crash(j, (enum journal_crash_mode)(rand_r(&rnd) % 3), rand_r(&rnd));
             crashes++;
         } else {
             journal_close(j);
@@ -701,7 +705,7 @@ static void test_fault_injection_power_loss(void)
            acked_total, crashes, faults);
     free(expect);
     CHECK(ok);
-    CHECK(acked_total > 100 && crashes > 20);
+    CHECK(acked_total > rounds && crashes > rounds / 4);
     rmtmp();
 }
 
