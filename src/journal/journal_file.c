@@ -932,6 +932,7 @@ static int jf_read(journal_t *jj, uint64_t from, journal_record_fn fn, void *arg
     jfile_t *j = (jfile_t *)jj;
     if (from == 0)
         from = 1;
+    int delivered = 0;
     for (int attempt = 0;; attempt++) {
         pthread_mutex_lock(&j->mu);
         if (j->broken) {
@@ -943,9 +944,16 @@ static int jf_read(journal_t *jj, uint64_t from, journal_record_fn fn, void *arg
             return -1;
         }
         uint64_t avail = j->nsegs ? j->segs[0].first : last_index(j) + 1;
-        if (from < avail)
+        if (from < avail) {
+            if (delivered) {
+                /* Compacted while we read: stop before the hole; the
+                 * caller's next read(from) reports the new start. */
+                pthread_mutex_unlock(&j->mu);
+                return 0;
+            }
             from = avail;
-        if (first)
+        }
+        if (first && !delivered)
             *first = from;
         /* The plan: the segments to read and where, copied so that the
          * callback runs without mu (it may call into the journal). */
@@ -995,6 +1003,7 @@ static int jf_read(journal_t *jj, uint64_t from, journal_record_fn fn, void *arg
                     break;
                 }
                 if (rec.index >= from) {
+                    delivered = 1;
                     if (fn(&rec, arg)) {
                         stop = 1;
                         break;
