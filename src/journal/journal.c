@@ -2,6 +2,7 @@
  *
  *   "file:/path/to/dir"                        -> journal_file_open(dir)
  *   "etcd:http://h:2379,http://h2:2379;prefix=/p" -> journal_etcd_open(endpoints, prefix)
+ *                                              (prefix "/flicker" when absent)
  *
  * journal_etcd_open is referenced WEAKLY (a weak declaration, not a weak
  * stub definition): with a static libflicker.a a weak stub in this file
@@ -31,15 +32,21 @@ journal_t *journal_open(const char *spec, err_t *err)
     if (!strncmp(spec, "file:", 5))
         return journal_file_open(spec + 5, err);
     if (!strncmp(spec, "etcd:", 5)) {
-        if (!journal_etcd_open) {
-            err_set(err, ENOTSUP, "journal: etcd backend not built");
-            return NULL;
-        }
         const char *rest = spec + 5, *semi = strchr(rest, ';');
         char *endpoints = semi ? xstrndup(rest, (size_t)(semi - rest)) : xstrdup(rest);
         const char *prefix = "/flicker";
-        if (semi && !strncmp(semi + 1, "prefix=", 7))
+        if (semi && strncmp(semi + 1, "prefix=", 7)) {
+            err_set(err, EINVAL, "journal: unknown option in \"%s\" (only ;prefix=P)", spec);
+            free(endpoints);
+            return NULL;
+        }
+        if (semi)
             prefix = semi + 8;
+        if (!journal_etcd_open) {
+            err_set(err, ENOTSUP, "journal: etcd backend not built");
+            free(endpoints);
+            return NULL;
+        }
         journal_t *j = journal_etcd_open(endpoints, prefix, err);
         free(endpoints);
         return j;

@@ -226,6 +226,7 @@ static void test_roundtrip_rolls_reopen(void)
     got_free(&g);
     journal_close(j);
     CHECK(journal_open("nope:x", &err) == NULL && err.code == EINVAL);
+    CHECK(journal_open("etcd:http://127.0.0.1:1;bogus=1", &err) == NULL && err.code == EINVAL);
     rmtmp();
 }
 
@@ -383,6 +384,16 @@ static void test_fencing_leases(void)
     /* Same candidate again while leading: same term, lease extended. */
     CHECK(a->ops->campaign(a, "A", 200, &ta, &err) == 1 && ta == 1);
     CHECK(b->ops->campaign(b, "B", 200, &tb, &err) == 0 && tb == 1);
+    CHECK(append_seed(a, 0, 1, &idx, &err) < 0 && err.code == ESTALE);
+    CHECK(a->ops->campaign(a, "", 200, &tb, &err) < 0 && err.code == EINVAL);
+    char big[200];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    CHECK(a->ops->campaign(a, big, 200, &tb, &err) < 0 && err.code == EINVAL);
+    void *huge = xcalloc(1, JOURNAL_FILE_MAX_RECORD + 1);
+    int hrc = a->ops->append(a, ta, huge, JOURNAL_FILE_MAX_RECORD + 1, &idx, &err);
+    free(huge);
+    CHECK(hrc < 0 && err.code == E2BIG);
     CHECK(append_seed(a, ta, 1, &idx, &err) == 0 && idx == 1);
     CHECK(append_seed(b, 7, 2, &idx, &err) < 0 && err.code == ESTALE);
     /* A stops renewing; B gets in once the lease expires. */
