@@ -29,14 +29,19 @@
  * INVARIANTS
  *  1. A record is acknowledged (append returns 0) only after the fdatasync
  *     that covers it returned 0; a failed write or sync poisons the handle.
- *  2. Batches are written one after another, each fully synced before the
- *     next starts; a new segment is created (and the directory fsynced) only
- *     after the previous one is complete and synced.  So only the last
- *     segment can end in a torn batch.
+ *  2. A batch is written only when everything before it in the file is
+ *     durable: a writer syncs after releasing the lock, so the next writer
+ *     (another process) first fdatasyncs a tail it has not synced itself;
+ *     in one process the next batch starts after the previous one's sync.
+ *     A new segment is created (and the directory fsynced) only after the
+ *     previous one is durable.  So only the last batch of the last segment
+ *     can be torn by a power loss.
  *  3. Every write to segments, and every change of the leader file, happens
  *     under the exclusive flock of DIR/leader, after the term was read from
- *     the leader file under that same lock: an append of a stale term never
- *     reaches the disk (ESTALE).
+ *     the leader file under that same lock hold: an append of a stale term
+ *     never reaches the file (ESTALE).  The lock is released right after the
+ *     write; the fdatasync runs outside it, so a writer stopped there does
+ *     not block a campaign.
  *  4. Indexes are consecutive from the first segment to the last; the first
  *     segment starts at 1 or right after a snapshot's upto.
  *  5. Only a writer holding the lock truncates; readers (followers) stop at
@@ -56,13 +61,15 @@
  *             lease keeps its term);   renew: leading -> leading (expiry
  *   moved);   resign: leading -> none (term kept, so it stays fenced).
  *   Expiry is wall-clock: a process that is stopped keeps no lock (the lock
- *   is held only for one read-modify-write or one append batch) and, when it
- *   resumes, finds a newer term and gets ESTALE.
+ *   is held for one read-modify-write, or one term check + pwrite) and, when
+ *   it resumes, finds a newer term and gets ESTALE.
  *
  * THREADS: unlike journal.h's minimum, every call is safe from several
  * threads; concurrent appends form one batch (the first waiter leads the
  * batch, the others sleep on a condition variable) sharing one write and
- * one fdatasync.  Lock order: flk (with the flock) before mu.  A handle
+ * one fdatasync.  Lock order: flk before mu.  flk is the in-process half
+ * of the flock: held with it, and by a batch leader until its sync is done
+ * (so this process's snapshot/campaign never see a half-recorded batch).  A handle
  * must not be shared across fork() (the flock belongs to the open file
  * description): a child opens its own. */
 #include <dirent.h>
@@ -72,6 +79,7 @@
 #include <nmmintrin.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,7 +216,8 @@ typedef struct jfile {
     char *dir;
     int dirfd, lfd, wfd, ifd;
     uint64_t wfd_first;  /* segment wfd is open on */
-    uint64_t synced_end; /* wfd's size at its last successful fdatasync */
+    uint64_t synced_end; /* wfd's size at this handle's last successful fdatasync */
+    uint64_t sim_durable; /* journal_file_crash's idea of what is on disk */
     uint64_t seg_bytes;
     pthread_mutex_t flk; /* held with the flock of lfd */
     pthread_mutex_t mu;  /* everything below */
@@ -511,6 +520,8 @@ static int scan_seg(jfile_t *j, seg_t *s, int is_last, int writer, err_t *err)
     }
     if (j->wfd >= 0 && j->wfd_first == s->first && j->synced_end > off)
         j->synced_end = off;
+    if (j->wfd >= 0 && j->wfd_first == s->first && j->sim_durable > off)
+        j->sim_durable = off;
 out:
     free(r.buf);
     close(fd);
@@ -748,6 +759,20 @@ static int ensure_tail(jfile_t *j, err_t *err)
     if (!t || (t->end >= j->seg_bytes && t->last >= t->first)) {
         uint64_t first = last_index(j) + 1;
         char name[32];
+        /* Invariant 2: the full segment is durable before the next one
+         * exists, even if its last batch is another writer's whose sync
+         * may not have finished. */
+        if (t && !(j->wfd >= 0 && j->wfd_first == t->first && j->synced_end >= t->end)) {
+            seg_name(t->first, name);
+            int pfd = openat(j->dirfd, name, O_RDWR | O_CLOEXEC);
+            if (pfd < 0 || fdatasync(pfd) < 0) {
+                err_sys(err, "journal: sync %s/%s", j->dir, name);
+                if (pfd >= 0)
+                    close(pfd);
+                return -1;
+            }
+            close(pfd);
+        }
         seg_name(first, name);
         int fd = openat(j->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         if (fd < 0)
@@ -769,7 +794,7 @@ static int ensure_tail(jfile_t *j, err_t *err)
             close(j->wfd);
         j->wfd = fd;
         j->wfd_first = first;
-        j->synced_end = 0;
+        j->synced_end = j->sim_durable = 0;
         return 0;
     }
     if (j->wfd >= 0 && j->wfd_first == t->first)
@@ -783,7 +808,8 @@ static int ensure_tail(jfile_t *j, err_t *err)
         close(j->wfd);
     j->wfd = fd;
     j->wfd_first = t->first;
-    j->synced_end = t->end;
+    j->synced_end = 0; /* not known: run_batch syncs what is there first */
+    j->sim_durable = t->end; /* tests: a previous handle synced or crashed it */
     return 0;
 }
 
@@ -834,8 +860,16 @@ static void run_batch(jfile_t *j)
     if (ensure_tail(j, &e) < 0)
         goto fail;
     seg_t *t = &j->segs[j->nsegs - 1];
-    if (j->synced_end < t->end)
-        j->synced_end = t->end; /* appended and synced by another handle */
+    if (j->synced_end < t->end) {
+        /* Another writer's batch ends the segment and its sync may still
+         * be running (it syncs after releasing the lock): make it durable
+         * before ours follows it (invariant 2). */
+        if (seg_sync(j, &e) < 0) {
+            j->broken = 1;
+            goto fail;
+        }
+        j->synced_end = j->sim_durable = t->end;
+    }
     uint64_t base = t->end, first = t->last + 1, idx = first;
     buf = xmalloc(total);
     size_t off = 0;
@@ -856,6 +890,12 @@ static void run_batch(jfile_t *j)
     j->writing = 1;
     pthread_mutex_unlock(&j->mu);
     int wrc = seg_write(j, buf, total, base, &e);
+    /* The write is in the file, fenced: other processes may take the lock
+     * now (a campaign need not wait for our disk).  flk stays held until
+     * the sync is done, so this process's snapshot and campaign wait. */
+    flock(j->lfd, LOCK_UN);
+    if (j->fault.stop_after_write_at && j->nwrites == j->fault.stop_after_write_at)
+        raise(SIGSTOP);
     if (wrc == 0)
         wrc = seg_sync(j, &e);
     pthread_mutex_lock(&j->mu);
@@ -873,7 +913,7 @@ static void run_batch(jfile_t *j)
         off += REC_HDR + r->len;
         r->rc = 0;
     }
-    j->synced_end = t->end;
+    j->synced_end = j->sim_durable = t->end;
     j->nappends += nok;
     j->nsyncs_total++;
     goto out;
@@ -1364,8 +1404,8 @@ void journal_file_crash(journal_t *jj, enum journal_crash_mode mode, unsigned se
 {
     jfile_t *j = (jfile_t *)jj;
     struct stat sb;
-    if (j->wfd >= 0 && fstat(j->wfd, &sb) == 0 && (uint64_t)sb.st_size > j->synced_end) {
-        uint64_t size = (uint64_t)sb.st_size, keep = j->synced_end;
+    if (j->wfd >= 0 && fstat(j->wfd, &sb) == 0 && (uint64_t)sb.st_size > j->sim_durable) {
+        uint64_t size = (uint64_t)sb.st_size, keep = j->sim_durable;
         if (mode == JOURNAL_CRASH_TORN) {
             unsigned s = seed;
             uint64_t cut = keep + (uint64_t)rand_r(&s) % (size - keep + 1);

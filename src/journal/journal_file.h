@@ -31,12 +31,16 @@ void journal_file_stats(journal_t *j, uint64_t *appends, uint64_t *syncs);
  * segment files from the moment the fault is set; 0 disables a fault.
  *   short_write_at: the Nth segment write stores only its first half,
  *                   then fails with EIO (a crash in the middle of write(2));
- *   fail_sync_at:   the Nth segment fdatasync fails with EIO.
+ *   fail_sync_at:   the Nth segment fdatasync fails with EIO;
+ *   stop_after_write_at: after the Nth segment write (and the release of
+ *                   the lock) the process stops itself with SIGSTOP,
+ *                   before its fdatasync: a writer stuck mid-append.
  * After an injected failure the handle is poisoned: every later call fails
  * with EIO (as after a real fsync error, nothing is retried). */
 typedef struct journal_file_fault {
     unsigned short_write_at;
     unsigned fail_sync_at;
+    unsigned stop_after_write_at;
 } journal_file_fault_t;
 void journal_file_set_fault(journal_t *j, const journal_file_fault_t *fault);
 

@@ -455,6 +455,62 @@ static void test_fencing_leases(void)
     rmtmp();
 }
 
+/* A leader stopped after its write but before its fdatasync holds no lock:
+ * another candidate takes over and appends at once; the stopped append,
+ * written before the new term existed, completes when resumed and comes
+ * first in the log; the resumed leader's next append is fenced. */
+static void test_stuck_mid_append(void)
+{
+    mktmp();
+    journal_t *a = jopen(0);
+    CHECK(a);
+    err_t err = {0};
+    uint64_t ta, idx;
+    int pfd[2];
+    CHECK(pipe(pfd) == 0);
+    fflush(stdout);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        journal_t *c = journal_file_open(TMP, NULL);
+        uint64_t tc = 0, i1 = 0, i2 = 0;
+        if (!c || c->ops->campaign(c, "C", 200, &tc, NULL) != 1 || append_seed(c, tc, 1, &i1, NULL) < 0)
+            _exit(1);
+        if (write(pfd[1], &tc, sizeof tc) != (ssize_t)sizeof tc)
+            _exit(2);
+        journal_file_set_fault(c, &(journal_file_fault_t){.stop_after_write_at = 1});
+        if (append_seed(c, tc, 2, &i2, NULL) < 0 || i2 != 2) /* stops inside, then completes */
+            _exit(3);
+        err_t e = {0};
+        int rc = append_seed(c, tc, 3, &i2, &e);
+        journal_close(c);
+        _exit(rc < 0 && e.code == ESTALE ? 0 : 4);
+    }
+    close(pfd[1]);
+    uint64_t tc = 0;
+    CHECK(read(pfd[0], &tc, sizeof tc) == (ssize_t)sizeof tc);
+    close(pfd[0]);
+    int status;
+    CHECK(waitpid(pid, &status, WUNTRACED) == pid && WIFSTOPPED(status));
+    uint64_t t0 = now_mono_ms();
+    CHECK(poll_campaign(a, "A", 60000, &ta, 10000) == 1);
+    CHECK(ta == tc + 1);
+    CHECK(append_seed(a, ta, 4, &idx, &err) == 0 && idx == 3);
+    printf("  took over %llu ms after the leader stopped mid-append (its lease: 200 ms)\n",
+           (unsigned long long)(now_mono_ms() - t0));
+    CHECK(kill(pid, SIGCONT) == 0);
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    got_t g;
+    CHECK(read_all(a, 1, &g, NULL) == 0);
+    CHECK(g.n == 3 && g.seed[0] == 1 && g.seed[1] == 2 && g.seed[2] == 4);
+    CHECK(g.term[1] == tc && g.term[2] == ta);
+    got_free(&g);
+    journal_close(a);
+    rmtmp();
+}
+
 typedef struct thr {
     journal_t *j;
     uint64_t term;
@@ -902,6 +958,7 @@ int main(void)
     RUN(test_torn_tail_repaired);
     RUN(test_middle_corruption_refused);
     RUN(test_fencing_leases);
+    RUN(test_stuck_mid_append);
     RUN(test_concurrent_appends);
     RUN(test_snapshot_compaction);
     RUN(test_wait_cross_process);
