@@ -46,8 +46,9 @@
  *     segment starts at 1 or right after a snapshot's upto.
  *  5. Only a writer holding the lock truncates; readers (followers) stop at
  *     the first incomplete record and never modify anything.
- *  6. A snapshot is durable (renamed + directory fsynced) before any segment
- *     it covers is deleted; the last segment is never deleted.
+ *  6. A snapshot is written only after records 1..upto are durable, and is
+ *     durable (renamed + directory fsynced) before any segment it covers is
+ *     deleted; the last segment is never deleted.
  *
  * RECOVERY (journal_file_open, and each batch under the lock): a bad or
  * incomplete record at the end of the last segment is a torn batch and is
@@ -612,10 +613,13 @@ static int refresh_once(jfile_t *j, int writer, err_t *err)
             j->segs[i].sealed = 1;
         }
     }
-    /* Followers skip this: readdir may race a compaction (under the lock it cannot). */
+    /* Followers skip these: readdir may race a compaction (under the lock it cannot). */
     if (writer && n && j->segs[0].first > 1 && j->snap_upto < j->segs[0].first - 1)
         return err_set(err, EUCLEAN, "journal: %s: records before %" PRIu64 " are missing and no snapshot covers them",
                        j->dir, j->segs[0].first);
+    if (writer && n && j->snap_upto > last_index(j))
+        return err_set(err, EUCLEAN, "journal: %s: a snapshot covers records up to %" PRIu64 " but the log ends at %" PRIu64,
+                       j->dir, j->snap_upto, last_index(j));
     return 0;
 }
 
@@ -751,6 +755,25 @@ static int seg_sync(jfile_t *j, err_t *err)
     return 0;
 }
 
+/* Makes what is in segment s durable unless this handle synced it all
+ * itself (another writer's sync may still be running). */
+static int seg_make_durable(jfile_t *j, const seg_t *s, err_t *err)
+{
+    if (j->wfd >= 0 && j->wfd_first == s->first && j->synced_end >= s->end)
+        return 0;
+    char name[32];
+    seg_name(s->first, name);
+    int fd = openat(j->dirfd, name, O_RDWR | O_CLOEXEC);
+    if (fd < 0 || fdatasync(fd) < 0) {
+        err_sys(err, "journal: sync %s/%s", j->dir, name);
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
 /* Makes sure wfd is open on the last segment, starting a new segment when
  * the last one is full (or there is none).  Caller holds flock and mu. */
 static int ensure_tail(jfile_t *j, err_t *err)
@@ -762,17 +785,8 @@ static int ensure_tail(jfile_t *j, err_t *err)
         /* Invariant 2: the full segment is durable before the next one
          * exists, even if its last batch is another writer's whose sync
          * may not have finished. */
-        if (t && !(j->wfd >= 0 && j->wfd_first == t->first && j->synced_end >= t->end)) {
-            seg_name(t->first, name);
-            int pfd = openat(j->dirfd, name, O_RDWR | O_CLOEXEC);
-            if (pfd < 0 || fdatasync(pfd) < 0) {
-                err_sys(err, "journal: sync %s/%s", j->dir, name);
-                if (pfd >= 0)
-                    close(pfd);
-                return -1;
-            }
-            close(pfd);
-        }
+        if (t && seg_make_durable(j, t, err) < 0)
+            return -1;
         seg_name(first, name);
         int fd = openat(j->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         if (fd < 0)
@@ -1192,6 +1206,11 @@ static int jf_snapshot(journal_t *jj, uint64_t term, uint64_t upto, const void *
     if (rc == 0 && (upto == 0 || upto > last_index(j) || upto < j->snap_upto))
         rc = err_set(err, EINVAL, "journal: snapshot upto %" PRIu64 " outside [%" PRIu64 ", %" PRIu64 "]", upto,
                      j->snap_upto > 1 ? j->snap_upto : 1, last_index(j));
+    /* Records 1..upto must be durable before a snapshot says they were
+     * applied: otherwise a power loss could leave the log behind it and
+     * reuse its indexes. */
+    if (rc == 0 && j->nsegs)
+        rc = seg_make_durable(j, &j->segs[j->nsegs - 1], err);
     if (rc == 0)
         rc = write_snapshot(j, term, upto, data, len, err);
     if (rc == 0) {

@@ -627,6 +627,14 @@ static void test_snapshot_compaction(void)
     memset(&err, 0, sizeof err);
     CHECK(j->ops->load_snapshot(j, &upto, &data, &len, &err) < 0 && err.code == EUCLEAN);
     journal_close(j);
+    /* A snapshot ahead of the end of the log: its indexes would be reused. */
+    p = xasprintf("%s/snapshot-%020d.snap", TMP, 999);
+    fd = open(p, O_WRONLY | O_CREAT, 0644);
+    free(p);
+    CHECK(fd >= 0);
+    close(fd);
+    memset(&err, 0, sizeof err);
+    CHECK(journal_file_open(TMP, &err) == NULL && err.code == EUCLEAN);
     rmtmp();
 }
 
