@@ -1079,7 +1079,8 @@ static int jf_read(journal_t *jj, uint64_t from, journal_record_fn fn, void *arg
 static int jf_wait(journal_t *jj, uint64_t from, int timeout_ms, err_t *err)
 {
     jfile_t *j = (jfile_t *)jj;
-    uint64_t deadline = now_mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+    /* timeout_ms < 0: no deadline (as with poll(2)). */
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_mono_ms() + (uint64_t)timeout_ms;
     /* The watch is made on the first wait (closing an inotify fd costs
      * milliseconds, so handles that never wait do without) and before the
      * first scan below, so no growth after that scan goes unnoticed. */
