@@ -59,7 +59,7 @@
  *
  * LEADERSHIP (a lease): states  none -> leading(id, term, expiry) -> none.
  *   campaign: none/expired/same id -> leading, term+1 (same id with a live
- *             lease keeps its term);   renew: leading -> leading (expiry
+ *             lease keeps its term; term = max(leader file, log) + 1);   renew: leading -> leading (expiry
  *   moved);   resign: leading -> none (term kept, so it stays fenced).
  *   Expiry is wall-clock: a process that is stopped keeps no lock (the lock
  *   is held for one read-modify-write, or one term check + pwrite) and, when
@@ -226,6 +226,7 @@ typedef struct jfile {
     seg_t *segs;
     size_t nsegs, capsegs;
     uint64_t snap_upto; /* highest snapshot name seen */
+    uint64_t max_term;  /* highest term of a record seen in the log */
     req_t *qhead, **qtail;
     int batching; /* a batch leader is active */
     int writing;  /* a batch is being written: readers leave the tail alone */
@@ -491,6 +492,8 @@ static int scan_seg(jfile_t *j, seg_t *s, int is_last, int writer, err_t *err)
             goto out;
         }
         seg_add(s, rec.index, off, next);
+        if (rec.term > j->max_term)
+            j->max_term = rec.term;
         off = next;
     }
     if (off == r.size)
@@ -653,6 +656,20 @@ static int jf_campaign(journal_t *jj, const char *cand, uint64_t lease_ms, uint6
         return -1;
     lstate_t st;
     int rc = lstate_read(j, &st, err);
+    /* The log's terms too: if the leader file lost its newest slot (a
+     * corrupted sector), a term that already wrote records is not reused. */
+    if (rc == 0) {
+        pthread_mutex_lock(&j->mu);
+        rc = refresh(j, 1, err);
+        uint64_t logterm = j->max_term;
+        pthread_mutex_unlock(&j->mu);
+        if (rc == 0 && logterm > st.term) {
+            log_warn("journal", "%s/leader says term %" PRIu64 " but the log has term %" PRIu64, j->dir, st.term,
+                     logterm);
+            st.term = logterm;
+            st.id[0] = 0; /* that leader's lease is unknown: treat as lapsed */
+        }
+    }
     if (rc == 0) {
         uint64_t now = now_wall_ms();
         int live = st.id[0] && st.expiry > now;
@@ -926,6 +943,8 @@ static void run_batch(jfile_t *j)
         seg_add(t, r->index, off, off + REC_HDR + r->len);
         off += REC_HDR + r->len;
         r->rc = 0;
+        if (r->term > j->max_term)
+            j->max_term = r->term;
     }
     j->synced_end = j->sim_durable = t->end;
     j->nappends += nok;

@@ -511,6 +511,47 @@ static void test_stuck_mid_append(void)
     rmtmp();
 }
 
+/* The leader file's two slots: a damaged newest slot leaves the previous
+ * state, and a campaign still never reuses a term found in the log; both
+ * slots corrupt is refused, never read as "term 0". */
+static void test_leader_file_torn(void)
+{
+    mktmp();
+    journal_t *j = jopen(0);
+    CHECK(j);
+    err_t err = {0};
+    uint64_t t1, t2;
+    CHECK(j->ops->campaign(j, "A", 60000, &t1, &err) == 1 && t1 == 1); /* seq 1: slot 1 */
+    CHECK(j->ops->resign(j, t1, &err) == 0);                           /* seq 2: slot 0 */
+    CHECK(j->ops->campaign(j, "B", 60000, &t2, &err) == 1 && t2 == 2); /* seq 3: slot 1 */
+    uint64_t idx;
+    CHECK(append_seed(j, t2, 1, &idx, &err) == 0);
+    journal_close(j);
+    char *p = xasprintf("%s/leader", TMP);
+    int fd = open(p, O_RDWR);
+    CHECK(fd >= 0);
+    unsigned char junk[100];
+    memset(junk, 0xa5, sizeof junk);
+    CHECK(pwrite(fd, junk, sizeof junk, 256 + 40) == (ssize_t)sizeof junk); /* tear slot 1 */
+    j = jopen(0);
+    CHECK(j);
+    journal_leader_t l;
+    CHECK(j->ops->leader(j, &l, &err) == 0);
+    CHECK(l.term == 1 && l.id[0] == 0); /* back to seq 2: A resigned, term 1 */
+    /* B's term 2 survives in the log: C must not get term 2 again. */
+    uint64_t t3;
+    CHECK(j->ops->campaign(j, "C", 60000, &t3, &err) == 1 && t3 == 3);
+    CHECK(append_seed(j, 2, 2, &idx, &err) < 0 && err.code == ESTALE);
+    journal_close(j);
+    CHECK(pwrite(fd, junk, sizeof junk, 40) == (ssize_t)sizeof junk);
+    CHECK(pwrite(fd, junk, sizeof junk, 256 + 40) == (ssize_t)sizeof junk);
+    close(fd);
+    free(p);
+    memset(&err, 0, sizeof err);
+    CHECK(journal_file_open(TMP, &err) == NULL && err.code == EUCLEAN);
+    rmtmp();
+}
+
 typedef struct thr {
     journal_t *j;
     uint64_t term;
@@ -967,6 +1008,7 @@ int main(void)
     RUN(test_middle_corruption_refused);
     RUN(test_fencing_leases);
     RUN(test_stuck_mid_append);
+    RUN(test_leader_file_torn);
     RUN(test_concurrent_appends);
     RUN(test_snapshot_compaction);
     RUN(test_wait_cross_process);
