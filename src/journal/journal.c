@@ -32,11 +32,6 @@ journal_t *journal_open(const char *spec, err_t *err)
         }
         if (semi)
             prefix = semi + 8;
-        if (!journal_etcd_open) {
-            err_set(err, ENOTSUP, "journal: etcd backend not built");
-            free(endpoints);
-            return NULL;
-        }
         journal_t *j = journal_etcd_open(endpoints, prefix, err);
         free(endpoints);
         return j;
