@@ -305,10 +305,11 @@ static int v2_create(const cgroup_root_t *root, const char *name, const cgroup_l
     if (cg->root->ops->set_cpu(cg, lim->cpu_quota_us, lim->cpu_period_us, err) < 0) goto fail;
     snprintf(buf, sizeof(buf), "%d", lim->pids_max);
     if (knob_opt(d, "pids.max", buf, err) < 0) goto fail;
-    _cleanup_free_ char *pk = xasprintf("%s/memory.peak", d);
+    char *pk = xasprintf("%s/memory.peak", d);
     cg->peak_fd = open(pk, O_RDWR | O_CLOEXEC);
     cg->peak_rw = cg->peak_fd >= 0;
     if (cg->peak_fd < 0) cg->peak_fd = open(pk, O_RDONLY | O_CLOEXEC);
+    free(pk);
     return 0;
 fail:
     err_wrap(err, "cgroup v2 create %s", name);
