@@ -16,6 +16,7 @@
  * once (dead = the environment is gone). */
 #ifndef FLICKER_BACKEND_H
 #define FLICKER_BACKEND_H
+#include <event2/event.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include "assignment/assignment.h"
@@ -59,4 +60,10 @@ struct backend {
 /* The embedded backend over an in-process assignment table and its
  * placement (both borrowed). */
 backend_t *backend_local_new(assignment_t *assignment, placement_t *placement);
+
+/* The distributed backend: assignment replicas at the comma-separated RPC
+ * addresses (any order: the leader is found and followed), and placement
+ * at placement_address (for status; may be NULL). */
+backend_t *backend_remote_new(struct event_base *base, const char *assignment_addresses,
+                              const char *placement_address, err_t *err);
 #endif

@@ -36,6 +36,7 @@
 #define ASYNC_MAX_RUNNING 64           /* events dispatched at once */
 #define ASYNC_BACKOFF_MAX_MS (5 * 60 * 1000)
 
+/* ASYNC_THROTTLED also covers system errors: both retry with backoff. */
 enum async_outcome { ASYNC_SUCCESS, ASYNC_FUNCTION_ERROR, ASYNC_THROTTLED };
 
 typedef struct invocation {
@@ -189,9 +190,20 @@ static void reply_result(invocation_t *inv, const invoke_result_t *r, bool faile
 static void on_invoke_done(const invoke_result_t *r, bool env_dead, void *arg)
 {
     invocation_t *inv = arg;
-    reply_result(inv, r, r->status != INVOKE_OK);
-    if (inv->async)
-        async_outcome(inv, r->status == INVOKE_OK ? ASYNC_SUCCESS : ASYNC_FUNCTION_ERROR, r);
+    if (r->system_error) {
+        if (inv->req) {
+            evhttp_connection_set_closecb(evhttp_request_get_connection(inv->req), NULL, NULL);
+            send_error(inv->req, 500, "ServiceException", NULL, "%.*s",
+                       (int)(r->body ? r->body_len : 0), r->body ? r->body : "");
+            inv->req = NULL;
+        }
+        if (inv->async)
+            async_outcome(inv, ASYNC_THROTTLED, NULL); /* retried with backoff */
+    } else {
+        reply_result(inv, r, r->status != INVOKE_OK);
+        if (inv->async)
+            async_outcome(inv, r->status == INVOKE_OK ? ASYNC_SUCCESS : ASYNC_FUNCTION_ERROR, r);
+    }
     inv->fe->backend->ops->release(inv->fe->backend, &inv->lease, env_dead);
     invocation_free(inv);
 }

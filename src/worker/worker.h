@@ -60,6 +60,9 @@ typedef struct invoke_result {
     size_t body_len;
     const char *log_tail;   /* the last 4 KB of this invocation's log (NUL-terminated) */
     double duration_ms;
+    bool system_error;      /* the platform failed (e.g. the worker was lost), not the
+                               function: a retryable ServiceException for the caller;
+                               body then holds a plain message */
 } invoke_result_t;
 
 typedef struct invoke_event {

@@ -1,0 +1,476 @@
+/* backend_remote.c - the frontend's backend when assignment and workers are
+ * other processes or hosts (docs/protocol.md).
+ *
+ * acquire -> `asg.acquire` on the assignment leader.  The frontend is given
+ * every replica's address and finds the leader itself: it starts with the
+ * first, follows a follower's NotLeader hint, and on a dead or unreachable
+ * replica tries the next one (briefly backing off), so a leader's death
+ * costs a request the takeover time, not an error.  invoke -> `env.invoke`
+ * straight on the environment's worker (one RPC client per worker
+ * address, kept open).  release -> `asg.release` (one-way in spirit: its
+ * reply is ignored).
+ *
+ * Invariants: each acquire's callback runs exactly once unless cancelled; a
+ * cancelled acquire that still gets an environment gives it back; a
+ * worker lost mid-invocation answers a retryable system error, never a
+ * function error. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "common/log.h"
+#include "common/rpc.h"
+#include "common/util.h"
+#include "frontend/backend.h"
+
+#define ACQUIRE_GIVE_UP_MS 10000   /* no leader for this long: fail the request */
+#define ACQUIRE_TIMEOUT_MS 60000   /* a cold start includes Init (10 s) and queueing */
+#define RETRY_DELAY_MS 100
+#define STATUS_REFRESH_MS 1000
+
+typedef struct worker_client {
+    char *address;
+    rpc_client_t *client;
+    struct worker_client *next;
+} worker_client_t;
+
+typedef struct remote_backend {
+    backend_t base;
+    struct event_base *ev;
+    char **replicas;
+    rpc_client_t **asg;
+    int n_replicas;
+    int leader;                 /* index of the replica believed to lead */
+    char *placement_address;
+    rpc_client_t *placement;
+    worker_client_t *workers;
+    json_t *asg_status;         /* last asg.status, refreshed in the background */
+    json_t *fleet_status;       /* last placement.status */
+    struct event *status_timer;
+    struct pending_acquire *pending; /* every acquire not yet finished */
+} remote_backend_t;
+
+typedef struct pending_acquire {
+    remote_backend_t *rb;
+    backend_acquired_fn cb;
+    void *arg;
+    json_t *params;
+    uint64_t give_up_ms;
+    bool cancelled;
+    bool in_flight;             /* an RPC is outstanding (else a retry timer) */
+    struct event *retry;
+    struct pending_acquire *next, *prev;
+} pending_acquire_t;
+
+typedef struct pending_invoke {
+    backend_done_fn done;
+    void *arg;
+} pending_invoke_t;
+
+static void send_acquire(pending_acquire_t *p);
+
+static rpc_client_t *worker_client(remote_backend_t *rb, const char *address)
+{
+    for (worker_client_t *w = rb->workers; w; w = w->next)
+        if (!strcmp(w->address, address))
+            return w->client;
+    err_t err = {0};
+    rpc_client_t *c = rpc_client_new(rb->ev, address, NULL, &err);
+    if (!c) {
+        log_warn("frontend", "worker %s: %s", address, err.msg);
+        return NULL;
+    }
+    worker_client_t *w = xcalloc(1, sizeof *w);
+    w->address = xstrdup(address);
+    w->client = c;
+    w->next = rb->workers;
+    rb->workers = w;
+    return c;
+}
+
+/* ------------------------------------------------------------- acquire */
+
+static void acquire_free(pending_acquire_t *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        p->rb->pending = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    if (p->retry)
+        event_free(p->retry);
+    json_decref(p->params);
+    free(p);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg) { send_acquire(arg); }
+
+static void retry_later(pending_acquire_t *p, int delay_ms)
+{
+    if (!p->retry)
+        p->retry = evtimer_new(p->rb->ev, on_retry, p);
+    struct timeval tv = {.tv_sec = delay_ms / 1000, .tv_usec = (delay_ms % 1000) * 1000};
+    evtimer_add(p->retry, &tv);
+}
+
+static void release_now(remote_backend_t *rb, const char *env_id, bool dead);
+
+static void deliver(pending_acquire_t *p, const acquire_result_t *r, const backend_lease_t *lease)
+{
+    backend_acquired_fn cb = p->cb;
+    void *arg = p->arg;
+    bool cancelled = p->cancelled;
+    remote_backend_t *rb = p->rb;
+    acquire_free(p);
+    if (!cancelled)
+        cb(r, lease, arg);
+    else if (lease) /* nobody wants it any more: back to idle */
+        release_now(rb, lease->env_id, false);
+}
+
+static int replica_index(remote_backend_t *rb, const char *address)
+{
+    for (int i = 0; address && i < rb->n_replicas; i++)
+        if (!strcmp(rb->replicas[i], address))
+            return i;
+    return -1;
+}
+
+static void on_acquire_reply(const rpc_result_t *res, void *arg)
+{
+    pending_acquire_t *p = arg;
+    remote_backend_t *rb = p->rb;
+    p->in_flight = false;
+    /* Cancelled by rpc_client_free: the backend is going away with the
+     * frontend, which frees its own records; nobody is called back. */
+    if ((p->cancelled && res->error) || (res->error && !strcmp(res->error, RPC_CANCELLED))) {
+        acquire_free(p);
+        return;
+    }
+    if (!res->error) {
+        backend_lease_t lease = {0};
+        snprintf(lease.env_id, sizeof lease.env_id, "%s",
+                 json_string_value(json_object_get(res->result, "env_id")) ?: "");
+        snprintf(lease.worker, sizeof lease.worker, "%s",
+                 json_string_value(json_object_get(res->result, "worker_address")) ?: "");
+        acquire_result_t r = {.status = ACQUIRE_OK,
+                              .cold = json_is_true(json_object_get(res->result, "cold"))};
+        deliver(p, &r, &lease);
+        return;
+    }
+    const char *code = res->error;
+    bool transport = !strcmp(code, RPC_DISCONNECTED) || !strcmp(code, RPC_UNREACHABLE) ||
+                     !strcmp(code, RPC_TIMEOUT);
+    if (!strcmp(code, "NotLeader") || transport) {
+        if (now_mono_ms() >= p->give_up_ms) {
+            acquire_result_t r = {.status = ACQUIRE_FAILED,
+                                  .message = "no assignment leader answered (is the assignment "
+                                             "service running?)"};
+            deliver(p, &r, NULL);
+            return;
+        }
+        const char *hint = res->error_detail
+                               ? json_string_value(json_object_get(res->error_detail, "leader"))
+                               : NULL;
+        int i = replica_index(rb, hint);
+        if (!transport && i >= 0 && i != rb->leader) {
+            rb->leader = i; /* follow the hint right away */
+            send_acquire(p);
+            return;
+        }
+        rb->leader = (rb->leader + 1) % rb->n_replicas;
+        retry_later(p, RETRY_DELAY_MS);
+        return;
+    }
+    acquire_result_t r = {.message = res->message};
+    if (!strcmp(code, "Throttled")) {
+        r.status = ACQUIRE_THROTTLED;
+        r.reason = res->error_detail ? json_string_value(json_object_get(res->error_detail, "reason"))
+                                     : NULL;
+        if (!r.reason)
+            r.reason = "ConcurrentInvocationLimitExceeded";
+        r.message = "Rate Exceeded.";
+        deliver(p, &r, NULL);
+    } else if (!strcmp(code, "InitFailed")) {
+        const char *tail = res->error_detail
+                               ? json_string_value(json_object_get(res->error_detail, "log_tail"))
+                               : NULL;
+        char *body = res->len ? xstrndup(res->body, res->len)
+                              : xasprintf("{\"errorType\":\"Runtime.Unknown\",\"errorMessage\":"
+                                          "\"Init failed\"}");
+        invoke_result_t init = {.status = INVOKE_FAILED, .body = body, .body_len = strlen(body),
+                                .log_tail = tail ? tail : ""};
+        r.status = ACQUIRE_INIT_FAILED;
+        r.cold = true;
+        r.init = &init;
+        deliver(p, &r, NULL);
+        free(body);
+    } else if (!strcmp(code, "NoCapacity")) {
+        r.status = ACQUIRE_NO_CAPACITY;
+        r.reason = "ConcurrentInvocationLimitExceeded";
+        r.message = "Rate Exceeded. No worker has room for another environment.";
+        deliver(p, &r, NULL);
+    } else {
+        r.status = ACQUIRE_FAILED;
+        deliver(p, &r, NULL);
+    }
+}
+
+static void send_acquire(pending_acquire_t *p)
+{
+    remote_backend_t *rb = p->rb;
+    if (p->cancelled) {
+        acquire_free(p);
+        return;
+    }
+    p->in_flight = true;
+    rpc_call(rb->asg[rb->leader], "asg.acquire", p->params, NULL, 0, ACQUIRE_TIMEOUT_MS,
+             on_acquire_reply, p);
+}
+
+static void *remote_acquire(backend_t *b, const fn_config_t *cfg, int total_reserved,
+                            backend_acquired_fn cb, void *arg)
+{
+    remote_backend_t *rb = (remote_backend_t *)b;
+    pending_acquire_t *p = xcalloc(1, sizeof *p);
+    p->rb = rb;
+    p->cb = cb;
+    p->arg = arg;
+    p->params = json_pack("{s:o,s:i}", "config", fn_config_to_json(cfg), "total_reserved",
+                          total_reserved);
+    p->give_up_ms = now_mono_ms() + ACQUIRE_GIVE_UP_MS;
+    p->next = rb->pending;
+    if (rb->pending)
+        rb->pending->prev = p;
+    rb->pending = p;
+    send_acquire(p);
+    return p;
+}
+
+static void remote_cancel(backend_t *b, void *handle)
+{
+    pending_acquire_t *p = handle;
+    p->cancelled = true;
+    if (!p->in_flight) { /* waiting on a retry timer: nothing else will fire */
+        acquire_free(p);
+    }
+}
+
+/* -------------------------------------------------------------- invoke */
+
+static void on_invoke_reply(const rpc_result_t *res, void *arg)
+{
+    pending_invoke_t p = *(pending_invoke_t *)arg;
+    free(arg);
+    if (res->error && !strcmp(res->error, RPC_CANCELLED))
+        return; /* shutting down (see on_acquire_reply) */
+    invoke_result_t r = {0};
+    char *owned = NULL;
+    bool dead = false;
+    if (res->error) {
+        r.status = INVOKE_FAILED;
+        r.system_error = true;
+        owned = xasprintf("The execution environment's worker failed during the invocation "
+                          "(%s: %s); retry the request", res->error, res->message ? res->message : "");
+        r.body = owned;
+        r.body_len = strlen(owned);
+        dead = true;
+    } else {
+        const char *status = json_string_value(json_object_get(res->result, "status")) ?: "failed";
+        r.status = !strcmp(status, "ok")               ? INVOKE_OK
+                   : !strcmp(status, "function_error") ? INVOKE_FUNCTION_ERROR
+                                                       : INVOKE_FAILED;
+        dead = r.status == INVOKE_FAILED;
+        r.body = (char *)res->body;
+        r.body_len = res->len;
+        r.log_tail = json_string_value(json_object_get(res->result, "log_tail"));
+        r.duration_ms = json_real_value(json_object_get(res->result, "duration_ms"));
+    }
+    p.done(&r, dead, p.arg);
+    free(owned);
+}
+
+static void remote_invoke(backend_t *b, const backend_lease_t *lease, const fn_config_t *cfg,
+                          const invoke_event_t *ev, backend_done_fn done, void *arg)
+{
+    remote_backend_t *rb = (remote_backend_t *)b;
+    pending_invoke_t *p = xcalloc(1, sizeof *p);
+    p->done = done;
+    p->arg = arg;
+    rpc_client_t *c = worker_client(rb, lease->worker);
+    json_t *params = json_pack("{s:s,s:s,s:s}", "env_id", lease->env_id, "request_id",
+                               ev->request_id, "invoked_arn", ev->invoked_arn ? ev->invoked_arn : cfg->arn);
+    if (ev->client_context)
+        json_object_set_new(params, "client_context", json_string(ev->client_context));
+    /* The worker enforces the function's timeout; ours only covers a worker
+     * that stops answering without dropping the connection. */
+    int timeout_ms = cfg->timeout_s * 1000 + 30000;
+    if (!c || rpc_call(c, "env.invoke", params, ev->payload, ev->payload_len, timeout_ms,
+                       on_invoke_reply, p) < 0) {
+        rpc_result_t r = {.error = RPC_UNREACHABLE, .message = "no client for the worker"};
+        on_invoke_reply(&r, p);
+    }
+    json_decref(params);
+}
+
+/* ------------------------------------------------------------- release */
+
+static void ignore_reply(const rpc_result_t *res, void *arg) {}
+
+static void release_now(remote_backend_t *rb, const char *env_id, bool dead)
+{
+    json_t *params = json_pack("{s:s,s:b}", "env_id", env_id, "dead", dead);
+    rpc_call(rb->asg[rb->leader], "asg.release", params, NULL, 0, 10000, ignore_reply, NULL);
+    json_decref(params);
+}
+
+static void remote_release(backend_t *b, const backend_lease_t *lease, bool dead)
+{
+    release_now((remote_backend_t *)b, lease->env_id, dead);
+}
+
+static void remote_function_changed(backend_t *b, const char *name, store_t *store)
+{
+    remote_backend_t *rb = (remote_backend_t *)b;
+    json_t *keep = json_array();
+    fn_config_t *cfg = NULL;
+    if (store_resolve(store, name, "$LATEST", &cfg, NULL) == 0) {
+        json_array_append_new(keep, json_string(cfg->config_key));
+        fn_config_free(cfg);
+    }
+    json_t *versions = store_version_list(store, name);
+    size_t i;
+    json_t *v;
+    json_array_foreach(versions, i, v) {
+        const char *ver = json_string_value(json_object_get(v, "Version"));
+        if (ver && store_resolve(store, name, ver, &cfg, NULL) == 0) {
+            json_array_append_new(keep, json_string(cfg->config_key));
+            fn_config_free(cfg);
+        }
+    }
+    json_decref(versions);
+    json_t *params = json_pack("{s:s,s:o}", "function", name, "keep_keys", keep);
+    rpc_call(rb->asg[rb->leader], "asg.retire", params, NULL, 0, 10000, ignore_reply, NULL);
+    json_decref(params);
+}
+
+/* -------------------------------------------------------------- status */
+
+static void on_asg_status(const rpc_result_t *res, void *arg)
+{
+    remote_backend_t *rb = arg;
+    if (res->error)
+        return;
+    json_decref(rb->asg_status);
+    rb->asg_status = json_deep_copy(res->result);
+    json_object_del(rb->asg_status, "id");
+}
+
+static void on_fleet_status(const rpc_result_t *res, void *arg)
+{
+    remote_backend_t *rb = arg;
+    if (res->error)
+        return;
+    json_decref(rb->fleet_status);
+    rb->fleet_status = json_deep_copy(res->result);
+    json_object_del(rb->fleet_status, "id");
+}
+
+static void on_status_timer(evutil_socket_t fd, short what, void *arg)
+{
+    remote_backend_t *rb = arg;
+    rpc_call(rb->asg[rb->leader], "asg.status", NULL, NULL, 0, 2000, on_asg_status, rb);
+    if (rb->placement)
+        rpc_call(rb->placement, "placement.status", NULL, NULL, 0, 2000, on_fleet_status, rb);
+    struct timeval tv = {.tv_sec = STATUS_REFRESH_MS / 1000, .tv_usec = (STATUS_REFRESH_MS % 1000) * 1000};
+    evtimer_add(rb->status_timer, &tv);
+}
+
+static void remote_status(backend_t *b, json_t *status)
+{
+    remote_backend_t *rb = (remote_backend_t *)b;
+    json_t *replicas = json_array();
+    for (int i = 0; i < rb->n_replicas; i++)
+        json_array_append_new(replicas, json_string(rb->replicas[i]));
+    json_t *asg = rb->asg_status ? json_deep_copy(rb->asg_status) : json_object();
+    json_object_set_new(asg, "replicas", replicas);
+    json_object_set_new(asg, "believed_leader", json_string(rb->replicas[rb->leader]));
+    json_object_set_new(status, "assignment", asg);
+    json_object_set_new(status, "placement",
+                        rb->fleet_status ? json_deep_copy(rb->fleet_status) : json_object());
+}
+
+static void remote_free(backend_t *b)
+{
+    remote_backend_t *rb = (remote_backend_t *)b;
+    for (int i = 0; i < rb->n_replicas; i++) {
+        rpc_client_free(rb->asg[i]);
+        free(rb->replicas[i]);
+    }
+    free(rb->asg);
+    free(rb->replicas);
+    while (rb->workers) {
+        worker_client_t *w = rb->workers;
+        rb->workers = w->next;
+        rpc_client_free(w->client);
+        free(w->address);
+        free(w);
+    }
+    if (rb->placement)
+        rpc_client_free(rb->placement);
+    while (rb->pending) /* those waiting on a retry timer */
+        acquire_free(rb->pending);
+    free(rb->placement_address);
+    if (rb->status_timer)
+        event_free(rb->status_timer);
+    json_decref(rb->asg_status);
+    json_decref(rb->fleet_status);
+    free(rb);
+}
+
+static const backend_ops_t remote_ops = {
+    .acquire = remote_acquire,
+    .cancel = remote_cancel,
+    .invoke = remote_invoke,
+    .release = remote_release,
+    .function_changed = remote_function_changed,
+    .status = remote_status,
+    .free = remote_free,
+};
+
+backend_t *backend_remote_new(struct event_base *base, const char *assignment_addresses,
+                              const char *placement_address, err_t *err)
+{
+    remote_backend_t *rb = xcalloc(1, sizeof *rb);
+    rb->base.ops = &remote_ops;
+    rb->ev = base;
+    char *list = xstrdup(assignment_addresses);
+    for (char *save = NULL, *a = strtok_r(list, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
+        rb->replicas = xrealloc(rb->replicas, (size_t)(rb->n_replicas + 1) * sizeof *rb->replicas);
+        rb->asg = xrealloc(rb->asg, (size_t)(rb->n_replicas + 1) * sizeof *rb->asg);
+        rb->asg[rb->n_replicas] = rpc_client_new(base, a, NULL, err);
+        if (!rb->asg[rb->n_replicas]) {
+            free(list);
+            remote_free(&rb->base);
+            return NULL;
+        }
+        rb->replicas[rb->n_replicas++] = xstrdup(a);
+    }
+    free(list);
+    if (rb->n_replicas == 0) {
+        err_set(err, EINVAL, "no assignment replica address given");
+        remote_free(&rb->base);
+        return NULL;
+    }
+    if (placement_address && *placement_address) {
+        rb->placement_address = xstrdup(placement_address);
+        rb->placement = rpc_client_new(base, placement_address, NULL, err);
+        if (!rb->placement) {
+            remote_free(&rb->base);
+            return NULL;
+        }
+    }
+    rb->status_timer = evtimer_new(base, on_status_timer, rb);
+    event_active(rb->status_timer, 0, 0);
+    return &rb->base;
+}
