@@ -10,6 +10,8 @@
  *
  * Credentials: FLICKER_ACCESS_KEY_ID / FLICKER_SECRET_ACCESS_KEY, else
  * DATA/credentials (AWS shared-credentials format), generated on first run. */
+#include "platform/serve.h"
+#include "platform/supervise.h"
 #include "platform/up.h"
 #include <errno.h>
 #include <event2/event.h>
@@ -46,6 +48,11 @@ typedef struct up_options {
     const char *account_id;
     int grace_s;
     int retry_delays[2];
+    bool split;               /* up: one process per role (supervise.c) */
+    int workers;              /* up --split: worker processes */
+    const char *assignment;   /* serve frontend: replica addresses */
+    const char *placement;    /* serve frontend: placement address */
+    bool frontend_only;       /* serve frontend */
 } up_options_t;
 
 typedef struct platform {
@@ -199,12 +206,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     on_grace(-1, 0, p);
 }
 
-int up_main(int argc, char **argv)
+/* Parses the flags shared by `flicker up` and `flicker serve frontend`.
+ * Returns -1 to continue, else an exit status. */
+static int parse_options(int argc, char **argv, up_options_t *o, const char *who)
 {
-    up_options_t o = {.host = "127.0.0.1", .port = 9000, .data = "./.flicker", .keep_alive_s = 600,
-                      .account_concurrency = 1000, .region = "us-east-1",
-                      .account_id = "000000000000", .grace_s = 5,
-                      .retry_delays = {60, 120}};
     static const struct option opts[] = {
         {"listen", required_argument, 0, 'l'},   {"data", required_argument, 0, 'd'},
         {"no-auth", no_argument, 0, 'n'},        {"keep-alive", required_argument, 0, 'k'},
@@ -212,6 +217,8 @@ int up_main(int argc, char **argv)
         {"region", required_argument, 0, 'r'},   {"grace", required_argument, 0, 'g'},
         {"verbose", no_argument, 0, 'v'},        {"help", no_argument, 0, 'h'},
         {"async-retry-delays", required_argument, 0, 'R'},
+        {"split", no_argument, 0, 'S'},          {"workers", required_argument, 0, 'W'},
+        {"assignment", required_argument, 0, 'A'}, {"placement", required_argument, 0, 'P'},
         {0, 0, 0, 0},
     };
     int c;
@@ -219,22 +226,26 @@ int up_main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'l':
-            if (parse_listen(optarg, &o) < 0) {
-                fprintf(stderr, "flicker up: bad --listen %s\n", optarg);
+            if (parse_listen(optarg, o) < 0) {
+                fprintf(stderr, "%s: bad --listen %s\n", who, optarg);
                 return 2;
             }
             break;
-        case 'd': o.data = optarg; break;
-        case 'n': o.no_auth = true; break;
-        case 'k': o.keep_alive_s = atoi(optarg); break;
-        case 'c': o.account_concurrency = atoi(optarg); break;
-        case 'r': o.region = optarg; break;
-        case 'g': o.grace_s = atoi(optarg); break;
+        case 'd': o->data = optarg; break;
+        case 'n': o->no_auth = true; break;
+        case 'k': o->keep_alive_s = atoi(optarg); break;
+        case 'c': o->account_concurrency = atoi(optarg); break;
+        case 'r': o->region = optarg; break;
+        case 'g': o->grace_s = atoi(optarg); break;
         case 'v': log_set_level(LOG_DEBUG); break;
+        case 'S': o->split = true; break;
+        case 'W': o->workers = atoi(optarg); break;
+        case 'A': o->assignment = optarg; break;
+        case 'P': o->placement = optarg; break;
         case 'R':
-            if (sscanf(optarg, "%d,%d", &o.retry_delays[0], &o.retry_delays[1]) != 2 ||
-                o.retry_delays[0] < 0 || o.retry_delays[1] < 0) {
-                fprintf(stderr, "flicker up: --async-retry-delays wants A,B (seconds)\n");
+            if (sscanf(optarg, "%d,%d", &o->retry_delays[0], &o->retry_delays[1]) != 2 ||
+                o->retry_delays[0] < 0 || o->retry_delays[1] < 0) {
+                fprintf(stderr, "%s: --async-retry-delays wants A,B (seconds)\n", who);
                 return 2;
             }
             break;
@@ -242,10 +253,50 @@ int up_main(int argc, char **argv)
         default: usage(); return 2;
         }
     }
-    if (o.keep_alive_s < 1 || o.account_concurrency < 1 || o.grace_s < 0) {
-        fprintf(stderr, "flicker up: --keep-alive, --account-concurrency must be >= 1\n");
+    if (o->keep_alive_s < 1 || o->account_concurrency < 1 || o->grace_s < 0 || o->workers < 1) {
+        fprintf(stderr, "%s: --keep-alive, --account-concurrency, --workers must be >= 1\n", who);
         return 2;
     }
+    if (o->frontend_only && !o->assignment) {
+        fprintf(stderr, "%s: --assignment ADDR[,ADDR...] is required\n", who);
+        return 2;
+    }
+    return -1;
+}
+
+static const up_options_t default_options = {
+    .host = "127.0.0.1", .port = 9000, .data = "./.flicker", .keep_alive_s = 600,
+    .account_concurrency = 1000, .region = "us-east-1", .account_id = "000000000000",
+    .grace_s = 5, .retry_delays = {60, 120}, .workers = 1,
+};
+
+static int run(up_options_t o);
+
+int up_main(int argc, char **argv)
+{
+    up_options_t o = default_options;
+    int rc = parse_options(argc, argv, &o, "flicker up");
+    if (rc >= 0)
+        return rc;
+    if (o.split)
+        return supervise_main(o.host, o.port, o.data, o.no_auth, o.keep_alive_s,
+                              o.account_concurrency, o.workers, argc, argv);
+    return run(o);
+}
+
+int serve_frontend_main(int argc, char **argv)
+{
+    up_options_t o = default_options;
+    o.frontend_only = true;
+    int rc = parse_options(argc, argv, &o, "flicker serve frontend");
+    if (rc >= 0)
+        return rc;
+    return run(o);
+}
+
+/* Runs the platform (embedded) or one frontend (serve frontend). */
+static int run(up_options_t o)
+{
     signal(SIGPIPE, SIG_IGN);
 
     err_t err = {0};
@@ -255,9 +306,11 @@ int up_main(int argc, char **argv)
         return 1;
     }
     char *lock_path = xasprintf("%s/flicker.lock", data);
-    int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    /* The embedded platform owns its data directory; a split frontend
+     * shares it with its supervisor (which holds the lock). */
+    int lock_fd = o.frontend_only ? -2 : open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     free(lock_path);
-    if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    if (lock_fd == -1 || (lock_fd >= 0 && flock(lock_fd, LOCK_EX | LOCK_NB) < 0)) {
         fprintf(stderr, "flicker up: %s is in use by another flicker (lock held)\n", data);
         return 1;
     }
@@ -288,7 +341,7 @@ int up_main(int argc, char **argv)
         log_error("up", "credentials: %s", err.msg);
         goto out;
     }
-    if (sandbox_system_init(init_path, &err) < 0) {
+    if (!o.frontend_only && sandbox_system_init(init_path, &err) < 0) {
         log_error("up", "sandboxes unavailable: %s", err.msg);
         goto out;
     }
@@ -320,12 +373,21 @@ int up_main(int argc, char **argv)
         .init_timeout_s = 10,
         .logs = logs,
     };
-    worker = worker_new(base, &wc, &err);
-    placement = placement_new();
-    placement_register(placement, worker);
-    assignment_config_t ac = {.account_concurrency = o.account_concurrency,
-                              .keep_alive_s = o.keep_alive_s};
-    assignment = assignment_new(base, placement, &ac);
+    if (o.frontend_only) {
+        backend = backend_remote_new(base, o.assignment, o.placement, &err);
+        if (!backend) {
+            log_error("frontend", "%s", err.msg);
+            goto out;
+        }
+    } else {
+        worker = worker_new(base, &wc, &err);
+        placement = placement_new();
+        placement_register(placement, worker);
+        assignment_config_t ac = {.account_concurrency = o.account_concurrency,
+                                  .keep_alive_s = o.keep_alive_s};
+        assignment = assignment_new(base, placement, &ac);
+        backend = backend_local_new(assignment, placement);
+    }
     frontend_config_t fc = {
         .listen_host = o.host,
         .listen_port = o.port,
@@ -336,9 +398,9 @@ int up_main(int argc, char **argv)
         .secret_access_key = secret,
         .account_concurrency = o.account_concurrency,
         .data_dir = data,
+        .mode = o.frontend_only ? "split" : "embedded",
         .async_retry_delays_s = {o.retry_delays[0], o.retry_delays[1]},
     };
-    backend = backend_local_new(assignment, placement);
     fe = frontend_new(base, &fc, store, backend, logs, &err);
     if (!fe) {
         log_error("up", "%s", err.msg);
@@ -370,6 +432,10 @@ out:
     /* Environments first (silently: no callbacks into the frontend). */
     assignment_free(assignment);
     worker_free(worker);
+    if (o.frontend_only && backend) { /* remote: pending calls end before the frontend goes */
+        backend->ops->free(backend);
+        backend = NULL;
+    }
     frontend_free(fe);
     if (backend)
         backend->ops->free(backend);
@@ -384,7 +450,8 @@ out:
         event_base_free(base);
     fnlog_close(logs);
     store_close(store);
-    sandbox_system_shutdown();
+    if (!o.frontend_only)
+        sandbox_system_shutdown();
     free(akid);
     free(secret);
     free(init_path);

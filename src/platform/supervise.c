@@ -1,0 +1,355 @@
+/* supervise.c - `flicker up --split`: every role as its own process on
+ * this host, supervised.
+ *
+ * Starts, in order: placement, three assignment replicas (leader and two
+ * followers over the file journal DATA/journal), the workers, then the
+ * frontend on the public address.  Roles talk over unix sockets in
+ * DATA/run/ (docs/protocol.md).  A role that exits unexpectedly is started
+ * again (backoff 200 ms doubling to 5 s).  SIGINT/SIGTERM stop the roles in
+ * reverse order (frontend first, so no new work arrives; placement last),
+ * each with SIGTERM then, after a grace period, SIGKILL; the exit status is
+ * 0 only if every role stopped cleanly.  Each child has PR_SET_PDEATHSIG
+ * SIGTERM, so a killed supervisor does not leave roles behind.
+ *
+ * Invariants: the supervisor holds DATA/flicker.lock for its lifetime (one
+ * platform per data directory); a role is restarted only while not
+ * stopping. */
+#include "platform/supervise.h"
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/sysinfo.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "common/log.h"
+#include "common/util.h"
+
+#define MAX_ROLES 16
+#define MAX_ARGS 48
+#define STOP_GRACE_MS 15000
+
+typedef struct role {
+    char name[32];
+    char *argv[MAX_ARGS];
+    pid_t pid;
+    int restarts;
+    int backoff_ms;
+    uint64_t started_ms;
+    int last_status;
+    bool stopped;           /* exited after we asked it to */
+    struct event *restart;
+    struct supervisor *sup;
+} role_t;
+
+typedef struct supervisor {
+    struct event_base *base;
+    role_t roles[MAX_ROLES];
+    int n_roles;
+    bool stopping;
+    int stop_index;          /* next role (from the end) to stop */
+    uint64_t stop_deadline_ms;
+    struct event *stop_timer;
+    int unclean;
+} supervisor_t;
+
+static void add_arg(role_t *r, const char *a)
+{
+    int n = 0;
+    while (r->argv[n])
+        n++;
+    if (n < MAX_ARGS - 1)
+        r->argv[n] = xstrdup(a);
+}
+
+static role_t *new_role(supervisor_t *s, const char *name)
+{
+    role_t *r = &s->roles[s->n_roles++];
+    memset(r, 0, sizeof *r);
+    r->sup = s;
+    snprintf(r->name, sizeof r->name, "%s", name);
+    r->backoff_ms = 200;
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = 0;
+    add_arg(r, exe);
+    return r;
+}
+
+static int start_role(supervisor_t *s, role_t *r)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        log_error("up", "fork for %s: %s", r->name, strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(1);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(r->argv[0], r->argv);
+        _exit(127);
+    }
+    r->pid = pid;
+    r->started_ms = now_mono_ms();
+    log_info("up", "started %s (pid %d)", r->name, (int)pid);
+    return 0;
+}
+
+static void on_restart(evutil_socket_t fd, short what, void *arg);
+
+static void stop_next(supervisor_t *s);
+
+static void on_child(evutil_socket_t sig, short what, void *arg)
+{
+    supervisor_t *s = arg;
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < s->n_roles; i++) {
+            role_t *r = &s->roles[i];
+            if (r->pid != pid)
+                continue;
+            r->pid = 0;
+            r->last_status = status;
+            bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+            if (s->stopping) {
+                r->stopped = true;
+                if (!clean) {
+                    s->unclean++;
+                    log_warn("up", "%s stopped uncleanly (status %d)", r->name, status);
+                }
+                stop_next(s);
+                break;
+            }
+            log_warn("up", "%s (pid %d) exited (%s %d); restarting in %d ms", r->name, (int)pid,
+                     WIFSIGNALED(status) ? "signal" : "status",
+                     WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), r->backoff_ms);
+            if (now_mono_ms() - r->started_ms > 10000)
+                r->backoff_ms = 200; /* it ran for a while: start over */
+            struct timeval tv = {.tv_sec = r->backoff_ms / 1000, .tv_usec = (r->backoff_ms % 1000) * 1000};
+            evtimer_add(r->restart, &tv);
+            r->backoff_ms = r->backoff_ms * 2 > 5000 ? 5000 : r->backoff_ms * 2;
+            r->restarts++;
+            break;
+        }
+    }
+}
+
+static void on_restart(evutil_socket_t fd, short what, void *arg)
+{
+    role_t *r = arg;
+    if (!r->sup->stopping)
+        start_role(r->sup, r);
+}
+
+/* Stops roles from the last started to the first, one at a time. */
+static void stop_next(supervisor_t *s)
+{
+    while (s->stop_index >= 0) {
+        role_t *r = &s->roles[s->stop_index];
+        if (r->pid > 0) {
+            if (!r->stopped) {
+                kill(r->pid, SIGTERM);
+                s->stop_deadline_ms = now_mono_ms() + STOP_GRACE_MS;
+                struct timeval tv = {.tv_usec = 100000};
+                evtimer_add(s->stop_timer, &tv);
+            }
+            return; /* wait for it (on_child calls us again) */
+        }
+        s->stop_index--;
+    }
+    event_base_loopexit(s->base, NULL);
+}
+
+static void on_stop_timer(evutil_socket_t fd, short what, void *arg)
+{
+    supervisor_t *s = arg;
+    if (s->stop_index < 0)
+        return;
+    role_t *r = &s->roles[s->stop_index];
+    if (r->pid > 0 && now_mono_ms() >= s->stop_deadline_ms) {
+        log_warn("up", "%s did not stop in %d ms: killing it", r->name, STOP_GRACE_MS);
+        kill(r->pid, SIGKILL);
+        s->unclean++;
+    }
+    if (r->pid > 0) {
+        struct timeval tv = {.tv_usec = 100000};
+        evtimer_add(s->stop_timer, &tv);
+    }
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    supervisor_t *s = arg;
+    if (s->stopping)
+        return;
+    s->stopping = true;
+    log_info("up", "%s: stopping every role", strsignal((int)sig));
+    for (int i = 0; i < s->n_roles; i++)
+        evtimer_del(s->roles[i].restart);
+    s->stop_index = s->n_roles - 1;
+    stop_next(s);
+}
+
+int supervise_main(const char *host, int port, const char *data_arg, bool no_auth, int keep_alive_s,
+                   int account_concurrency, int workers, int argc, char **argv)
+{
+    err_t err = {0};
+    char data[PATH_MAX];
+    if (mkdir_p(data_arg, 0700, &err) < 0 || !realpath(data_arg, data)) {
+        fprintf(stderr, "flicker up: data directory %s: %s\n", data_arg,
+                err.msg[0] ? err.msg : strerror(errno));
+        return 1;
+    }
+    char *lock_path = xasprintf("%s/flicker.lock", data);
+    int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    free(lock_path);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        fprintf(stderr, "flicker up: %s is in use by another flicker (lock held)\n", data);
+        return 1;
+    }
+    char *run = xasprintf("%s/run", data);
+    mkdir_p(run, 0700, NULL);
+    char *journal_dir = xasprintf("%s/journal", data);
+    mkdir_p(journal_dir, 0700, NULL);
+
+    supervisor_t s = {0};
+    char buf[PATH_MAX + 64], asg_list[4 * (PATH_MAX + 16)] = "";
+    char placement_addr[PATH_MAX + 16];
+    snprintf(placement_addr, sizeof placement_addr, "unix:%s/placement.sock", run);
+
+    role_t *r = new_role(&s, "placement");
+    add_arg(r, "serve");
+    add_arg(r, "placement");
+    add_arg(r, "--listen");
+    add_arg(r, placement_addr);
+    add_arg(r, "--data");
+    add_arg(r, data);
+
+    for (int i = 1; i <= 3; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "assignment-%d", i);
+        r = new_role(&s, name);
+        snprintf(buf, sizeof buf, "unix:%s/%s.sock", run, name);
+        size_t used = strlen(asg_list);
+        snprintf(asg_list + used, sizeof asg_list - used, "%s%s", used ? "," : "", buf);
+        add_arg(r, "serve");
+        add_arg(r, "assignment");
+        add_arg(r, "--listen");
+        add_arg(r, buf);
+        add_arg(r, "--id");
+        add_arg(r, name);
+        snprintf(buf, sizeof buf, "file:%s", journal_dir);
+        add_arg(r, "--journal");
+        add_arg(r, buf);
+        add_arg(r, "--placement");
+        add_arg(r, placement_addr);
+        snprintf(buf, sizeof buf, "%d", keep_alive_s);
+        add_arg(r, "--keep-alive");
+        add_arg(r, buf);
+        snprintf(buf, sizeof buf, "%d", account_concurrency);
+        add_arg(r, "--account-concurrency");
+        add_arg(r, buf);
+    }
+
+    struct sysinfo si;
+    sysinfo(&si);
+    int host_mb = (int)((uint64_t)si.totalram * si.mem_unit >> 20);
+    for (int i = 1; i <= workers && s.n_roles < MAX_ROLES - 1; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "worker-%d", i);
+        r = new_role(&s, name);
+        add_arg(r, "serve");
+        add_arg(r, "worker");
+        snprintf(buf, sizeof buf, "unix:%s/%s.sock", run, name);
+        add_arg(r, "--listen");
+        add_arg(r, buf);
+        add_arg(r, "--id");
+        add_arg(r, name);
+        add_arg(r, "--zone");
+        add_arg(r, i % 2 ? "local-a" : "local-b");
+        add_arg(r, "--placement");
+        add_arg(r, placement_addr);
+        add_arg(r, "--data");
+        add_arg(r, data);
+        snprintf(buf, sizeof buf, "%d", host_mb * 4 / workers);
+        add_arg(r, "--memory-mb");
+        add_arg(r, buf);
+    }
+
+    /* The frontend gets up's own flags (minus the supervisor's) plus where
+     * the other roles are. */
+    r = new_role(&s, "frontend");
+    add_arg(r, "serve");
+    add_arg(r, "frontend");
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--split"))
+            continue;
+        if (!strcmp(argv[i], "--workers") || !strcmp(argv[i], "--data")) {
+            i++;
+            continue;
+        }
+        if (!strncmp(argv[i], "--workers=", 10) || !strncmp(argv[i], "--data=", 7))
+            continue;
+        add_arg(r, argv[i]);
+    }
+    snprintf(buf, sizeof buf, "%s:%d", host, port);
+    add_arg(r, "--listen");
+    add_arg(r, buf);
+    add_arg(r, "--data");
+    add_arg(r, data);
+    add_arg(r, "--assignment");
+    add_arg(r, asg_list);
+    add_arg(r, "--placement");
+    add_arg(r, placement_addr);
+    (void)no_auth;
+
+    s.base = event_base_new();
+    for (int i = 0; i < s.n_roles; i++)
+        s.roles[i].restart = evtimer_new(s.base, on_restart, &s.roles[i]);
+    s.stop_timer = evtimer_new(s.base, on_stop_timer, &s);
+    struct event *sigchld = evsignal_new(s.base, SIGCHLD, on_child, &s);
+    struct event *sigint = evsignal_new(s.base, SIGINT, on_signal, &s);
+    struct event *sigterm = evsignal_new(s.base, SIGTERM, on_signal, &s);
+    event_add(sigchld, NULL);
+    event_add(sigint, NULL);
+    event_add(sigterm, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    log_info("up", "split mode: %d roles, sockets in %s", s.n_roles, run);
+    for (int i = 0; i < s.n_roles; i++)
+        start_role(&s, &s.roles[i]);
+    event_base_dispatch(s.base);
+
+    for (int i = 0; i < s.n_roles; i++) {
+        if (s.roles[i].pid > 0) { /* second signal or loop exit: make sure */
+            kill(s.roles[i].pid, SIGKILL);
+            waitpid(s.roles[i].pid, NULL, 0);
+            s.unclean++;
+        }
+        event_free(s.roles[i].restart);
+        for (int k = 0; s.roles[i].argv[k]; k++)
+            free(s.roles[i].argv[k]);
+    }
+    event_free(s.stop_timer);
+    event_free(sigchld);
+    event_free(sigint);
+    event_free(sigterm);
+    event_base_free(s.base);
+    free(run);
+    free(journal_dir);
+    close(lock_fd);
+    log_info("up", "stopped%s", s.unclean ? " (some roles did not stop cleanly)" : "");
+    return s.unclean ? 1 : 0;
+}
