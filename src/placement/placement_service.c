@@ -93,15 +93,19 @@ static void process_events(placement_service_t *ps)
     for (size_t i = 0; i < n; i++) {
         const fleet_event_t *e = &ev[i];
         enum log_level lvl = e->type == FLEET_EV_LOST ? LOG_WARN : LOG_INFO;
-        log_msg(lvl, LOG_ROLE, "worker %s (%s, zone %s): %s, was %s (%s), %d environment(s)",
-                e->worker_id, e->address, e->zone, fleet_event_name(e->type),
-                fleet_state_name(e->from), e->reason, e->environments);
+        if (e->type == FLEET_EV_REGISTERED)
+            log_msg(lvl, LOG_ROLE, "worker %s (%s, zone %s): registered", e->worker_id, e->address,
+                    e->zone);
+        else
+            log_msg(lvl, LOG_ROLE, "worker %s (%s, zone %s): %s, was %s (%s), %d environment(s)",
+                    e->worker_id, e->address, e->zone, fleet_event_name(e->type),
+                    fleet_state_name(e->from), e->reason, e->environments);
         if (e->type == FLEET_EV_LOST) {
-            json_t *p = json_pack("{s:s,s:s}", "id", e->worker_id, "address", e->address);
+            json_t *p = json_pack("{s:s,s:s}", "worker_id", e->worker_id, "address", e->address);
             broadcast(ps, "worker.lost", p);
             json_decref(p);
         } else if (e->type == FLEET_EV_RETIRED) {
-            json_t *p = json_pack("{s:s}", "id", e->worker_id);
+            json_t *p = json_pack("{s:s}", "worker_id", e->worker_id);
             broadcast(ps, "worker.retired", p);
             json_decref(p);
         }
@@ -151,9 +155,9 @@ static void m_register(placement_service_t *ps, rpc_call_t *call, json_t *params
     const char *id, *address, *zone;
     json_int_t memory_mb, cpus = 1;
     json_error_t je;
-    if (json_unpack_ex(params, &je, 0, "{s:s,s:s,s:s,s:I,s?:I}", "id", &id, "address", &address,
+    if (json_unpack_ex(params, &je, 0, "{s:s,s:s,s:s,s:I,s?:I}", "worker_id", &id, "address", &address,
                        "zone", &zone, "memory_mb", &memory_mb, "cpus", &cpus) < 0)
-        return INVALID(call, "worker.register wants {id, address, zone, memory_mb, cpus}: %s",
+        return INVALID(call, "worker.register wants {worker_id, address, zone, memory_mb, cpus}: %s",
                        je.text);
     if (memory_mb < 1 || memory_mb > INT32_MAX || cpus < 1 || cpus > 65536)
         return INVALID(call, "worker.register: memory_mb and cpus must be >= 1");
@@ -177,9 +181,9 @@ static int do_heartbeat(placement_service_t *ps, json_t *params, const char **co
     json_int_t mem = -1, envs = -1;
     json_error_t je;
     *code = "InvalidParams";
-    if (json_unpack_ex(params, &je, 0, "{s:s,s?:I,s?:I}", "id", &id, "memory_used_mb", &mem,
+    if (json_unpack_ex(params, &je, 0, "{s:s,s?:I,s?:I}", "worker_id", &id, "memory_used_mb", &mem,
                        "environments", &envs) < 0)
-        return err_set(err, EINVAL, "worker.heartbeat wants {id, memory_used_mb, environments}: %s",
+        return err_set(err, EINVAL, "worker.heartbeat wants {worker_id, memory_used_mb, environments}: %s",
                        je.text);
     if (mem < -1 || envs < -1 || mem > INT32_MAX || envs > INT32_MAX)
         return err_set(err, EINVAL, "worker.heartbeat: negative or huge load");

@@ -4,14 +4,17 @@
  * worker.heartbeat, placement.pick, placement.env_added,
  * placement.env_removed, placement.workers, placement.status) over
  * flicker's RPC, runs a timer (~250 ms) that calls fleet_tick(), logs every
- * transition, notifies every client connection `worker.lost {id, address}`
- * / `worker.retired {id}`, and hands each event and the tick's
+ * transition, notifies every client connection `worker.lost {worker_id,
+ * address}` / `worker.retired {worker_id}`, and hands each event and the tick's
  * fleet_scale_decision() to a provider (provider.h).
  *
  * How: one fleet_t (fleet.h) owned by the service, used only from the
  * service's event_base; time is now_wall_ms().  Events emitted by any call
  * (register, tick, a provider's fleet_drain) are processed right after it:
  * logged, broadcast, handed to the provider, cleared.
+ *
+ * The worker's id travels as `worker_id`: `id` is the RPC layer's request
+ * id (docs/rpc.md), so it cannot be a parameter.
  *
  * Invariants: every request gets exactly one reply (result or error with a
  * code: InvalidParams, UnknownWorker, WorkerGone, NoCapacity,
