@@ -7,7 +7,8 @@
  * PR_SET_PDEATHSIG(SIGTERM) (so workers never outlive a crashed placement),
  * reaps with waitpid(pid, WNOHANG) on its own pids only (never -1: it may
  * share the process with other children, e.g. in tests), and SIGTERMs the
- * child of a RETIRED or LOST worker.
+ * child of a RETIRED or LOST worker (SIGKILL if it is still there
+ * KILL_AFTER_MS later: a LOST worker may be hung).
  *
  * Invariants: every entry in `kids` is a started, not yet reaped child;
  * `next_n` only grows, so ids and socket paths are never reused while this
@@ -27,6 +28,7 @@
 #include "common/util.h"
 
 #define LOG_ROLE "placement"
+#define KILL_AFTER_MS 10000   /* a worker SIGTERMed this long ago gets SIGKILL */
 
 /* ------------------------------------------------------------------ none */
 
@@ -84,6 +86,7 @@ typedef struct kid {
     char id[32];
     bool registered;   /* its worker registered with us */
     bool stopping;     /* SIGTERM sent */
+    uint64_t stop_at;  /* monotonic ms of the SIGTERM */
 } kid_t;
 
 typedef struct provider_local {
@@ -158,6 +161,12 @@ static void reap(provider_local_t *l)
         int status;
         pid_t r = waitpid(k->pid, &status, WNOHANG);
         if (r == 0 || (r < 0 && errno == EINTR)) {
+            if (k->stopping && k->stop_at && now_mono_ms() - k->stop_at > KILL_AFTER_MS) {
+                log_warn(LOG_ROLE, "local worker %s (pid %d) ignored SIGTERM for %d ms: SIGKILL",
+                         k->id, (int)k->pid, KILL_AFTER_MS);
+                kill(k->pid, SIGKILL);
+                k->stop_at = 0;
+            }
             l->kids[kept++] = *k;
             continue;
         }
@@ -228,6 +237,7 @@ static void local_event(placement_provider_t *p, fleet_t *f, const fleet_event_t
     case FLEET_EV_LOST:
         if (!k->stopping) {
             k->stopping = true;
+            k->stop_at = now_mono_ms();
             log_info(LOG_ROLE, "local provider: stopping worker %s (pid %d): %s", k->id,
                      (int)k->pid, fleet_event_name(ev->type));
             kill(k->pid, SIGTERM);
