@@ -221,14 +221,15 @@ static void test_register_lease(void)
 static void test_heartbeat_keeps_active(void)
 {
     setup();
-    /* 1.5 s timeout, heartbeats every ~100 ms for ~3 s (> two timeouts). */
-    placement_service_t *ps = start_service(0, 0, 1500);
+    /* 3 s timeout, heartbeats every ~100 ms for ~7 s (> two timeouts); the
+     * generous timeout keeps a loaded machine's stalls from mattering. */
+    placement_service_t *ps = start_service(0, 0, 3000);
     CHECK(ps);
     rpc_client_t *w = client();
     reply_t r = reg(w, "w1", "a", 1024);
     CHECK(r.result);
     reply_free(&r);
-    uint64_t end = now_mono_ms() + 3000;
+    uint64_t end = now_mono_ms() + 7000;
     int beats = 0;
     while (now_mono_ms() < end) {
         r = heartbeat(w, "w1", 0, 0);
@@ -237,7 +238,7 @@ static void test_heartbeat_keeps_active(void)
         beats++;
         run_for(100);
     }
-    CHECK(beats >= 5);
+    CHECK(beats >= 3);
     const fleet_worker_t *fw = fleet_get(placement_service_fleet(ps), "w1");
     CHECK(fw && fleet_worker_state(fw) == FLEET_ACTIVE);
     /* heartbeats as notifications are accepted too */
