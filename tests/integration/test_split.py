@@ -1,0 +1,122 @@
+"""`flicker up --split`: every role its own process (placement, three
+assignment replicas over the file journal, a worker, the frontend), the
+same Lambda API on top.  Checks the invoke path across processes, that
+status shows the roles, and that killing the assignment leader or the
+worker does not stop the service (the supervisor restarts what died; a
+follower takes over the table)."""
+import json
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from harness import SLOW, create_function, do_invoke
+
+
+@pytest.fixture(scope="module")
+def split(workroot):
+    from harness import Server
+    srv = Server(workroot / f"split-{uuid.uuid4().hex[:6]}", args=["--split"], keep_alive=120)
+    srv.start()
+    yield srv
+    if srv.running():
+        rc = srv.stop()
+        assert rc == 0, f"flicker up --split exited {rc}; log:\n{srv.log_tail()}"
+
+
+def status(srv):
+    st, _, body = srv.raw("GET", "/flicker/status")
+    assert st == 200, body
+    return json.loads(body)
+
+
+def wait_for(pred, timeout=60 * SLOW, what="condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # the service may be failing over
+            last = e
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
+
+
+def role_pids(srv):
+    """name -> pid of the supervisor's children, from their command lines."""
+    out = {}
+    for pid in srv.descendants():
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in cmd:
+            i = cmd.index(b"serve")
+            role = cmd[i + 1].decode()
+            if b"--id" in cmd:
+                role = cmd[cmd.index(b"--id") + 1].decode()
+            out[role] = pid
+    return out
+
+
+def test_invoke_across_processes(split):
+    c = split.client()
+    name = "split-echo-" + uuid.uuid4().hex[:6]
+    create_function(c, name, "py_echo")
+    r1 = do_invoke(c, name, {"n": 1})
+    r2 = do_invoke(c, name, {"n": 2})
+    assert r1.status == 200 and r1.function_error is None, r1
+    assert r1.json["event"] == {"n": 1} and r2.json["event"] == {"n": 2}
+    assert r1.json["env_id"] == r2.json["env_id"], "second invoke was not warm"
+
+
+def test_function_error_and_tail(split):
+    c = split.client()
+    name = "split-err-" + uuid.uuid4().hex[:6]
+    create_function(c, name, "py_error")
+    r = do_invoke(c, name, {}, LogType="Tail")
+    assert r.function_error == "Unhandled"
+    assert r.json["errorType"] == "CustomError"
+    assert "START RequestId" in r.log_tail and "REPORT RequestId" in r.log_tail
+
+
+def test_status_shows_roles(split):
+    st = status(split)
+    assert st["mode"] == "split"
+    assert len(st["assignment"]["replicas"]) == 3
+    roles = role_pids(split)
+    assert {"assignment-1", "assignment-2", "assignment-3", "worker-1"} <= set(roles), roles
+
+
+def test_assignment_leader_killed(split):
+    c = split.client()
+    name = "split-failover-" + uuid.uuid4().hex[:6]
+    create_function(c, name, "py_echo")
+    first = do_invoke(c, name, {"n": 1})
+    assert first.status == 200
+    leader = wait_for(lambda: status(split)["assignment"].get("leader"), what="a leader in status")
+    pids = role_pids(split)
+    victim = next((pids[r] for r in pids if r.startswith("assignment") and r in str(leader)), None)
+    assert victim, (leader, pids)
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.time()
+    r = wait_for(lambda: do_invoke(c, name, {"n": 2}), what="an invoke after the leader died")
+    took = time.time() - t0
+    assert r.status == 200 and r.function_error is None, r
+    print(f"invoke answered {took:.2f} s after the assignment leader was killed")
+
+
+def test_worker_killed(split):
+    c = split.client()
+    name = "split-worker-" + uuid.uuid4().hex[:6]
+    create_function(c, name, "py_echo")
+    assert do_invoke(c, name, {}).status == 200
+    pids = role_pids(split)
+    os.kill(pids["worker-1"], signal.SIGKILL)
+    r = wait_for(lambda: (lambda x: x if x.status == 200 and x.function_error is None else None)(
+        do_invoke(c, name, {})), what="an invoke after the worker was restarted")
+    assert r.json["event"] == {}
