@@ -287,7 +287,7 @@ int up_main(int argc, char **argv)
         log_error("up", "credentials: %s", err.msg);
         goto out;
     }
-    if (sandbox_system_init(init_path, &err) < 0) {
+    if (sandbox_system_init(init_path, data, &err) < 0) {
         log_error("up", "sandboxes unavailable: %s", err.msg);
         goto out;
     }

@@ -4,9 +4,10 @@
  * network and cgroup namespaces, pivot_root'ed into a read-only root built
  * from the host's /usr (the runtimes' interpreters), with the function's
  * code read-only at /var/task, flicker's runtime clients read-only at
- * /var/runtime, and a private /tmp of the requested size.  It has no
- * capabilities, no_new_privs, a seccomp deny-list, and cgroup limits on
- * memory (= MemorySize), CPU (in proportion to memory, as Lambda) and pids.
+ * /var/runtime, and a private disk-backed /tmp of the requested size.  It
+ * has no capabilities, no_new_privs, a seccomp deny-list, and cgroup limits
+ * on memory (= MemorySize), CPU (in proportion to memory, as Lambda) and
+ * pids.
  * Its network namespace has only loopback: the Runtime API listening socket
  * (127.0.0.1:9001 inside) is created inside the namespace and handed back to
  * the worker, which serves it; nothing else is reachable.
@@ -32,7 +33,11 @@
  *    frozen.
  *  - code_dir and runtime_dir contents must be readable by others (the
  *    function runs as an unprivileged host uid); their parents may be
- *    private.  /tmp is tmpfs and is charged to the memory limit. */
+ *    private.
+ *  - /tmp is an ext4 image of exactly ephemeral_mb on a loop device (disk,
+ *    not memory: its page cache is reclaimable), private to the sandbox and
+ *    deleted by sandbox_destroy; tmpfs (charged to memory) only without a
+ *    state_dir or loop devices. */
 #ifndef FLICKER_SANDBOX_H
 #define FLICKER_SANDBOX_H
 #include <stdbool.h>
@@ -58,8 +63,12 @@ typedef struct sandbox sandbox_t;
 /* One-time setup for this host: finds the cgroup version, creates the
  * parent cgroup "flicker" (or reuses it), kills and removes any sandbox left
  * by a previous run (kill -9 recovery).  init_path is the host path of the
- * static flicker-init binary.  Returns 0 or -1/err. */
-int sandbox_system_init(const char *init_path, err_t *err);
+ * static flicker-init binary.  state_dir (the worker's data directory, or
+ * NULL) holds the sandboxes' /tmp images in state_dir/ephemeral/ (see
+ * ephemeral.h; a dead instance's leftovers there are removed now); with
+ * NULL, or when loop devices are unusable on this host (logged), /tmp is a
+ * tmpfs charged to the sandbox's memory.  Returns 0 or -1/err. */
+int sandbox_system_init(const char *init_path, const char *state_dir, err_t *err);
 /* Undoes sandbox_system_init for a clean exit: removes this process's
  * (empty) parent cgroups.  Call after every sandbox is destroyed. */
 void sandbox_system_shutdown(void);

@@ -25,6 +25,7 @@
 
 static char g_parent[64]; /* 0700 dir: the code dir's parent is not traversable by others */
 static char g_code[128];
+static char g_state[128]; /* the worker's state dir: /tmp images under g_state/ephemeral */
 static int g_seq;
 
 static char *const g_env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8",
@@ -73,6 +74,7 @@ static void setup_dirs(void) {
     snprintf(g_parent, sizeof(g_parent), "/tmp/flicker-sbtest-XXXXXX");
     if (!mkdtemp(g_parent)) abort();
     chmod(g_parent, 0700);
+    snprintf(g_state, sizeof(g_state), "%s/state", g_parent);
     snprintf(g_code, sizeof(g_code), "%s/code", g_parent);
     mkdir(g_code, 0755);
     chmod(g_code, 0755);
@@ -657,9 +659,9 @@ static void test_concurrent_creates_from_threads(void) {
 /* kill -9 recovery: a worker process dies with a sandbox running; the next
  * init (here: a fresh cgroup root of this process) kills the orphaned
  * sandbox and removes its cgroups. */
-static int crashed_worker_main(const char *init) {
+static int crashed_worker_main(const char *init, const char *state) {
     err_t e = {0};
-    if (sandbox_system_init(init, &e) < 0) return 1;
+    if (sandbox_system_init(init, state, &e) < 0) return 1;
     char *argv[] = {"/bin/sh", "-c", "sleep 600 & sleep 600", NULL};
     sandbox_spec_t sp = {.id = "test-crash", .code_dir = g_code, .memory_mb = 128, .ephemeral_mb = 16,
                          .argv = argv, .envp = g_env};
@@ -679,7 +681,7 @@ static void test_recovery_after_worker_kill9(void) {
     pid_t w = fork();
     if (w == 0) {
         dup2(pfd[1], 1);
-        execl("/proc/self/exe", "test_sandbox", "--crashed-worker", g_init, g_code, (char *)NULL);
+        execl("/proc/self/exe", "test_sandbox", "--crashed-worker", g_init, g_code, g_state, (char *)NULL);
         _exit(127);
     }
     close(pfd[1]);
@@ -711,6 +713,159 @@ static void test_recovery_after_worker_kill9(void) {
         for (int k = 0; k < 500 && kill(pids[i], 0) == 0; k++) usleep(10000);
         CHECK(kill(pids[i], 0) < 0 && errno == ESRCH);
     }
+}
+
+
+/* ------------------------------------------------ /tmp on disk (ephemeral.c) */
+
+/* Loop devices whose backing file is under our state dir: "N path" lines. */
+static int our_loops(int nr[], char paths[][512], int max) {
+    int n = 0;
+    glob_t g;
+    if (glob("/sys/block/loop*/loop/backing_file", 0, NULL, &g) != 0) return 0;
+    for (size_t i = 0; i < g.gl_pathc && n < max; i++) {
+        char buf[512] = {0};
+        FILE *f = fopen(g.gl_pathv[i], "r");
+        if (!f) continue;
+        if (fgets(buf, sizeof(buf), f)) buf[strcspn(buf, "\n")] = 0;
+        fclose(f);
+        if (strncmp(buf, g_parent, strlen(g_parent)) != 0) continue;
+        sscanf(g.gl_pathv[i], "/sys/block/loop%d/", &nr[n]);
+        snprintf(paths[n], sizeof(paths[n]), "%s", buf);
+        n++;
+    }
+    globfree(&g);
+    return n;
+}
+
+/* True if our mount namespace has a mount of block device 7:nr or of a
+ * path mentioning needle. */
+static bool host_has_mount(int nr, const char *needle) {
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    char line[2048], dev[32];
+    snprintf(dev, sizeof(dev), " 7:%d ", nr);
+    bool found = false;
+    while (f && fgets(line, sizeof(line), f))
+        if (strstr(line, dev) || (needle && strstr(line, needle))) found = true;
+    if (f) fclose(f);
+    return found;
+}
+
+/* A 128 MB function writes far more than 128 MB to /tmp: it is disk, not
+ * memory, so no OOM kill; it stops with ENOSPC at about ephemeral_mb. */
+static void test_tmp_is_disk_not_memory(void) {
+    char *argv[] = {"/bin/sh", "-c",
+                    "dd if=/dev/zero of=/tmp/fill bs=1M count=1000 2>&1 | grep -o 'No space left on device';"
+                    " echo size=$(( $(stat -c %s /tmp/fill) >> 20 )); rm /tmp/fill; echo done",
+                    NULL};
+    err_t e = {0};
+    sandbox_t *sb = start(argv, 128, 360, 0, &e);
+    CHECK(sb != NULL);
+    int st;
+    char *out = drain_and_reap(sb, &st);
+    int ooms = sandbox_oom_kills(sb);
+    uint64_t peak = sandbox_memory_peak(sb);
+    sandbox_destroy(sb, NULL);
+    char *sz = strstr(out, "size=");
+    int mb = sz ? atoi(sz + 5) : -1;
+    printf("  wrote %d MiB into a 360 MiB /tmp with 128 MB of memory: oom_kills=%d peak=%llu MB\n", mb, ooms,
+           (unsigned long long)(peak >> 20));
+    bool ok = strstr(out, "No space left on device") && strstr(out, "done") && ooms == 0 && WIFEXITED(st) &&
+              WEXITSTATUS(st) == 0 && mb >= 330 && mb <= 360;
+    if (!ok) printf("  output: %s\n", out);
+    free(out);
+    CHECK(ok);
+}
+
+/* A new sandbox's /tmp is empty (no lost+found, nothing of an earlier
+ * sandbox), also when its image comes from the pool; root owned by 993,
+ * mode 1777. */
+static void test_tmp_empty_in_new_sandbox(void) {
+    for (int i = 0; i < 4; i++) {
+        if (i) usleep(300000); /* let the pool refill: the next image is a pool one */
+        char *argv[] = {"/bin/sh", "-c",
+                        "echo n=$(ls -A /tmp | wc -l) owner=$(stat -c '%u:%g %a' /tmp);"
+                        " echo secret > /tmp/secret; dd if=/dev/urandom of=/tmp/blob bs=1M count=4 2>/dev/null;"
+                        " sync; echo written",
+                        NULL};
+        int st;
+        char *out = run_argv(argv, 256, 512, 0, &st);
+        CHECK(out != NULL);
+        bool ok = strstr(out, "n=0 owner=993:993 1777\n") && strstr(out, "written");
+        if (!ok) printf("  round %d output: %s\n", i, out);
+        free(out);
+        CHECK(ok);
+    }
+}
+
+/* /tmp persists for the life of one sandbox: written, frozen and thawed
+ * (as between invocations), read back by the same process. */
+static void test_tmp_survives_between_invocations(void) {
+    char *argv[] = {"/bin/sh", "-c",
+                    "echo kept-$$ > /tmp/state; echo wrote; sleep 1; cat /tmp/state",
+                    NULL};
+    err_t e = {0};
+    sandbox_t *sb = start(argv, 256, 64, 0, &e);
+    CHECK(sb != NULL);
+    char *buf = xstrdup("");
+    size_t len = 0;
+    while (!strstr(buf, "wrote") && read_some(sb, &buf, &len, 30000) > 0) {
+    }
+    bool ok = sandbox_freeze(sb, &e) == 0;
+    usleep(100000);
+    ok = ok && sandbox_thaw(sb, &e) == 0;
+    int st;
+    char *rest = drain_and_reap(sb, &st);
+    ok = ok && strstr(rest, "kept-2\n") && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    if (!ok) printf("  output: %s%s\n", buf, rest);
+    free(buf);
+    free(rest);
+    sandbox_destroy(sb, NULL);
+    CHECK(ok);
+}
+
+/* Destroy leaves no mount, no loop device bound to the image, no image. */
+static void test_destroy_removes_tmp_image(void) {
+    int nr[8];
+    char paths[8][512];
+    CHECK(our_loops(nr, paths, 8) == 0);
+    char *argv[] = {"/bin/sh", "-c", "echo data > /tmp/f; echo up; sleep 600", NULL};
+    err_t e = {0};
+    sandbox_t *sb = start(argv, 256, 512, 0, &e);
+    CHECK(sb != NULL);
+    char *buf = xstrdup("");
+    size_t len = 0;
+    while (!strstr(buf, "up") && read_some(sb, &buf, &len, 30000) > 0) {
+    }
+    free(buf);
+    int n = our_loops(nr, paths, 8);
+    bool ok = n == 1 && access(paths[0], F_OK) == 0 && strstr(paths[0], "/state/ephemeral/sbx-");
+    printf("  image %s on loop%d\n", n ? paths[0] : "?", n ? nr[0] : -1);
+    /* Nothing in the host's mount table even while it runs. */
+    ok = ok && !host_has_mount(nr[0], paths[0]);
+    CHECK(sandbox_destroy(sb, &e) == 0);
+    CHECK(ok);
+    CHECK(our_loops(nr, paths, 8) == 0);
+    CHECK(access(paths[0], F_OK) < 0 && errno == ENOENT);
+    CHECK(!host_has_mount(nr[0], paths[0]));
+}
+
+/* The image file and the loop device are out of the function's reach. */
+static void test_tmp_image_unreachable(void) {
+    char script[1024];
+    snprintf(script, sizeof(script),
+             "ls -d /dev/loop* /dev/block /dev/vd* /dev/sd* 2>/dev/null; [ -e '%s' ] && echo SEES-STATE;"
+             " n=$(find / -xdev -name '*.img' 2>/dev/null | wc -l); echo imgs=$n;"
+             " grep ' /tmp ' /proc/self/mountinfo | grep -o 'nosuid,nodev' | head -1; echo end",
+             g_state);
+    EXPECT_SH(script, "imgs=0\nnosuid,nodev\nend");
+}
+
+/* Binaries in /tmp can run (Lambda allows it). */
+static void test_exec_from_tmp(void) {
+    EXPECT_SH("cp /bin/echo /tmp/e && /tmp/e exec-binary-ok; printf '#!/bin/sh\\necho exec-script-ok\\n' > /tmp/s;"
+              " chmod +x /tmp/s && /tmp/s",
+              "exec-binary-ok\nexec-script-ok");
 }
 
 static void create_destroy_benchmark(const char *label) {
@@ -767,16 +922,16 @@ int main(int argc, char **argv) {
         }
     }
     g_init = init;
-    if (argc == 4 && strcmp(argv[1], "--crashed-worker") == 0) {
+    if (argc == 5 && strcmp(argv[1], "--crashed-worker") == 0) {
         snprintf(g_code, sizeof(g_code), "%s", argv[3]);
-        return crashed_worker_main(argv[2]);
+        return crashed_worker_main(argv[2], argv[4]);
     }
     err_t e = {0};
-    if (!init || sandbox_system_init(init, &e) < 0) {
+    setup_dirs();
+    if (!init || sandbox_system_init(init, g_state, &e) < 0) {
         printf("FAIL sandbox_system_init: %s\n", e.msg);
         return 1;
     }
-    setup_dirs();
     /* A hostile-ish worker environment: restrictive umask, SIGPIPE ignored,
      * a signal blocked.  None of it may leak into the jail. */
     umask(077);
@@ -835,6 +990,12 @@ int main(int argc, char **argv) {
     RUN(test_runtime_dir_mounted_readonly);
     RUN(test_concurrent_creates_from_threads);
     RUN(test_recovery_after_worker_kill9);
+    RUN(test_tmp_is_disk_not_memory);
+    RUN(test_tmp_empty_in_new_sandbox);
+    RUN(test_tmp_survives_between_invocations);
+    RUN(test_destroy_removes_tmp_image);
+    RUN(test_tmp_image_unreachable);
+    RUN(test_exec_from_tmp);
     RUN(test_create_destroy_benchmark);
     if (sandbox_count() != 0) printf("  leaked sandboxes: %d\n", sandbox_count());
     sandbox_system_shutdown();
