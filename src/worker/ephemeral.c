@@ -60,7 +60,7 @@ enum {
 typedef struct pool {
     int size_mb; /* 0: unused slot */
     int want;
-    char *ready[POOL_MAX];
+    ephemeral_t ready[POOL_MAX]; /* attached and mounted, root prepared */
     int nready;
     uint64_t used_at;
 } pool_t;
@@ -87,6 +87,8 @@ static char *new_image_path(void) {
     return xasprintf("%s/img-%u.img", g_dir, n);
 }
 
+static int run_tool(char *const argv[], err_t *err);
+
 /* Creates a sparse file of size_mb MiB at a new path and formats it. */
 static char *format_image(int size_mb, err_t *err) {
     char *path = new_image_path();
@@ -109,6 +111,16 @@ static char *format_image(int size_mb, err_t *err) {
      * they read as zeros; mounted with noinit_itable), no discard pass. */
     char *argv[] = {(char *)g_mke2fs, "-q", "-F", "-t", "ext4", "-T", "default", "-O", "^has_journal", "-m", "0",
                     "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", path, NULL};
+    if (run_tool(argv, err) < 0) goto fail;
+    return path;
+fail:
+    unlink(path);
+    free(path);
+    return NULL;
+}
+
+/* Runs an e2fsprogs tool (stdin, stdout on /dev/null) and waits for it. */
+static int run_tool(char *const argv[], err_t *err) {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
     posix_spawn_file_actions_init(&fa);
@@ -122,30 +134,22 @@ static char *format_image(int size_mb, err_t *err) {
     posix_spawnattr_setsigdefault(&at, &all);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid;
-    int rc = posix_spawn(&pid, g_mke2fs, &fa, &at, argv, environ);
+    int rc = posix_spawn(&pid, argv[0], &fa, &at, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
     if (rc != 0) {
         errno = rc;
-        err_sys(err, "spawn %s", g_mke2fs);
-        goto fail;
+        return err_sys(err, "spawn %s", argv[0]);
     }
     int st = 0;
-    while (waitpid(pid, &st, 0) < 0) {
-        if (errno != EINTR) {
-            err_sys(err, "waitpid %s", g_mke2fs);
-            goto fail;
-        }
-    }
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR) return err_sys(err, "waitpid %s", argv[0]);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        err_set(err, EIO, "%s %s failed (status %d)", g_mke2fs, path, st);
-        goto fail;
+        int n = 0;
+        while (argv[n + 1]) n++;
+        return err_set(err, EIO, "%s %s failed (status %d)", argv[0], argv[n], st);
     }
-    return path;
-fail:
-    unlink(path);
-    free(path);
-    return NULL;
+    return 0;
 }
 
 /* ---------------------------------------------------------- pool */
@@ -157,10 +161,7 @@ static pool_t *pool_find(int size_mb) {
 }
 
 static void pool_clear(pool_t *p) {
-    for (int i = 0; i < p->nready; i++) {
-        unlink(p->ready[i]);
-        free(p->ready[i]);
-    }
+    for (int i = 0; i < p->nready; i++) ephemeral_release(&p->ready[i], NULL);
     memset(p, 0, sizeof(*p));
 }
 
@@ -184,6 +185,8 @@ static pool_t *pool_get(int size_mb) {
     return p;
 }
 
+static int prepare(int size_mb, ephemeral_t *e, err_t *err);
+
 static void *pool_thread(void *arg) {
     (void)arg;
     pthread_mutex_lock(&g_mu);
@@ -199,10 +202,11 @@ static void *pool_thread(void *arg) {
         pthread_mutex_unlock(&g_mu);
         err_t err = {0};
         uint64_t t0 = now_mono_us();
-        char *img = format_image(size, &err);
+        ephemeral_t e;
+        int r = prepare(size, &e, &err);
         uint64_t took = now_mono_us() - t0;
         pthread_mutex_lock(&g_mu);
-        if (!img) {
+        if (r < 0) {
             log_warn(ROLE, "ephemeral pool: %s", err.msg);
             /* Don't spin on a persistent failure. */
             struct timespec ts;
@@ -211,14 +215,12 @@ static void *pool_thread(void *arg) {
             pthread_cond_timedwait(&g_cv, &g_mu, &ts);
             continue;
         }
-        log_debug(ROLE, "ephemeral pool: formatted %d MiB in %.1f ms", size, took / 1000.0);
+        log_debug(ROLE, "ephemeral pool: %d MiB image ready in %.1f ms", size, took / 1000.0);
         p = pool_find(size);
-        if (p && p->nready < POOL_MAX && !g_stop) {
-            p->ready[p->nready++] = img;
-        } else {
-            unlink(img);
-            free(img);
-        }
+        if (p && p->nready < POOL_MAX && !g_stop)
+            p->ready[p->nready++] = e;
+        else
+            ephemeral_release(&e, NULL);
     }
     pthread_mutex_unlock(&g_mu);
     return NULL;
@@ -314,33 +316,25 @@ static int loop_attach(int fd, const char *path, int *lfd, err_t *err) {
 
 /* ---------------------------------------------------------- acquire / release */
 
-int ephemeral_acquire(int size_mb, uid_t uid, gid_t gid, ephemeral_t *e, err_t *err) {
+/* A new image of size_mb: formatted, attached, mounted detached (nosuid,
+ * nodev), its root empty (no lost+found) with mode 01777.  Used by the
+ * pool thread, and by ephemeral_acquire when the pool is empty. */
+static int prepare(int size_mb, ephemeral_t *e, err_t *err) {
     memset(e, 0, sizeof(*e));
     e->mount_fd = -1;
     e->loop_nr = -1;
-    if (!g_on) return err_set(err, ENOTSUP, "ephemeral storage not initialised");
-    if (size_mb <= 0) size_mb = DEFAULT_MB;
-    char *img = NULL;
-    pthread_mutex_lock(&g_mu);
-    pool_t *p = pool_get(size_mb);
-    if (p->nready) img = p->ready[--p->nready];
-    pthread_cond_signal(&g_cv);
-    pthread_mutex_unlock(&g_mu);
-    if (!img) { /* pool empty: format on the spot */
-        img = format_image(size_mb, err);
-        if (!img) return err_wrap(err, "ephemeral storage");
-    }
-    e->image = img;
+    e->image = format_image(size_mb, err);
+    if (!e->image) return -1;
     int fd = -1, lfd = -1, fsfd = -1, dfd = -1;
-    fd = open(img, O_RDWR | O_CLOEXEC);
+    fd = open(e->image, O_RDWR | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0) {
-        err_sys(err, "open %s", img);
+        err_sys(err, "open %s", e->image);
         goto fail;
     }
     e->dev = st.st_dev;
     e->ino = st.st_ino;
-    e->loop_nr = loop_attach(fd, img, &lfd, err);
+    e->loop_nr = loop_attach(fd, e->image, &lfd, err);
     if (e->loop_nr < 0) goto fail;
     char dev[64];
     snprintf(dev, sizeof(dev), "/dev/loop%d", e->loop_nr);
@@ -352,7 +346,7 @@ int ephemeral_acquire(int size_mb, uid_t uid, gid_t gid, ephemeral_t *e, err_t *
     if (fsconfig(fsfd, FSCONFIG_SET_STRING, "source", dev, 0) < 0 ||
         fsconfig(fsfd, FSCONFIG_SET_FLAG, "noinit_itable", NULL, 0) < 0 ||
         fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
-        err_sys(err, "mount %s (ext4 on %s)", img, dev);
+        err_sys(err, "mount %s (ext4 on %s)", e->image, dev);
         goto fail;
     }
     e->mount_fd = fsmount(fsfd, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
@@ -361,14 +355,13 @@ int ephemeral_acquire(int size_mb, uid_t uid, gid_t gid, ephemeral_t *e, err_t *
         goto fail;
     }
     dfd = openat(e->mount_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || (unlinkat(dfd, "lost+found", AT_REMOVEDIR) < 0 && errno != ENOENT) ||
-        fchown(dfd, uid, gid) < 0 || fchmod(dfd, 01777) < 0) {
-        err_sys(err, "prepare root of %s", img);
+    if (dfd < 0 || (unlinkat(dfd, "lost+found", AT_REMOVEDIR) < 0 && errno != ENOENT) || fchmod(dfd, 01777) < 0) {
+        err_sys(err, "prepare root of %s", e->image);
         goto fail;
     }
     close(dfd);
     close(fsfd);
-    close(lfd);
+    close(lfd); /* the mount holds the device, the device holds the file */
     close(fd);
     return 0;
 fail:
@@ -376,9 +369,34 @@ fail:
     if (fsfd >= 0) close(fsfd);
     if (lfd >= 0) close(lfd);
     if (fd >= 0) close(fd);
-    err_wrap(err, "ephemeral storage");
     ephemeral_release(e, NULL);
     return -1;
+}
+
+int ephemeral_acquire(int size_mb, uid_t uid, gid_t gid, ephemeral_t *e, err_t *err) {
+    memset(e, 0, sizeof(*e));
+    e->mount_fd = -1;
+    e->loop_nr = -1;
+    if (!g_on) return err_set(err, ENOTSUP, "ephemeral storage not initialised");
+    if (size_mb <= 0) size_mb = DEFAULT_MB;
+    bool hit = false;
+    pthread_mutex_lock(&g_mu);
+    pool_t *p = pool_get(size_mb);
+    if (p->nready) {
+        *e = p->ready[--p->nready];
+        hit = true;
+    }
+    pthread_cond_signal(&g_cv);
+    pthread_mutex_unlock(&g_mu);
+    if (!hit && prepare(size_mb, e, err) < 0) /* pool empty: all of it now */
+        return err_wrap(err, "ephemeral storage");
+    /* The owner is the only per-sandbox part. */
+    if (fchownat(e->mount_fd, "", uid, gid, AT_EMPTY_PATH) < 0) {
+        err_sys(err, "ephemeral storage: chown root of %s", e->image);
+        ephemeral_release(e, NULL);
+        return -1;
+    }
+    return 0;
 }
 
 void ephemeral_drop_mount(ephemeral_t *e) {
@@ -496,9 +514,8 @@ static void reap_stale(void) {
 
 /* ---------------------------------------------------------- init */
 
-static const char *find_mke2fs(void) {
-    static const char *const cands[] = {"/usr/sbin/mke2fs", "/sbin/mke2fs", "/usr/bin/mke2fs", "/bin/mke2fs"};
-    for (size_t i = 0; i < ARRAY_LEN(cands); i++)
+static const char *find_tool(const char *const cands[], size_t n) {
+    for (size_t i = 0; i < n; i++)
         if (access(cands[i], X_OK) == 0) return cands[i];
     return NULL;
 }
@@ -524,7 +541,8 @@ int ephemeral_init(const char *state_dir, const char *instance, err_t *err) {
 
     const char *why = NULL;
     int fd = -1;
-    g_mke2fs = find_mke2fs();
+    static const char *const mke2fs[] = {"/usr/sbin/mke2fs", "/sbin/mke2fs", "/usr/bin/mke2fs"};
+    g_mke2fs = find_tool(mke2fs, ARRAY_LEN(mke2fs));
     if (access("/dev/loop-control", F_OK) < 0)
         why = "no /dev/loop-control";
     else if ((g_loopctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC)) < 0)
@@ -550,7 +568,7 @@ int ephemeral_init(const char *state_dir, const char *instance, err_t *err) {
     g_on = true;
     ephemeral_t t;
     err_t terr = {0};
-    if (ephemeral_acquire(16, 0, 0, &t, &terr) < 0) {
+    if (prepare(16, &t, &terr) < 0) {
         log_warn(ROLE, "disk-backed /tmp unavailable (%s): /tmp is tmpfs and counts as memory", terr.msg);
         rmdir(g_dir);
         fini_locked();
