@@ -683,9 +683,11 @@ static int crashed_worker_main(const char *init, const char *state) {
 
 static const char *g_init;
 
-static void test_recovery_after_worker_kill9(void) {
+/* Starts a worker process with one sandbox running and kills it -9;
+ * returns the sandbox's pid (-1 on failure), the worker's in *worker. */
+static pid_t crash_a_worker(pid_t *worker) {
     int pfd[2];
-    CHECK(pipe(pfd) == 0);
+    if (pipe(pfd) < 0) return -1;
     pid_t w = fork();
     if (w == 0) {
         dup2(pfd[1], 1);
@@ -696,9 +698,15 @@ static void test_recovery_after_worker_kill9(void) {
     char buf[32] = {0};
     ssize_t n = read(pfd[0], buf, sizeof(buf) - 1);
     close(pfd[0]);
-    pid_t sbpid = n > 0 ? (pid_t)atoi(buf) : -1;
     kill(w, SIGKILL);
     waitpid(w, NULL, 0);
+    *worker = w;
+    return n > 0 ? (pid_t)atoi(buf) : -1;
+}
+
+static void test_recovery_after_worker_kill9(void) {
+    pid_t w;
+    pid_t sbpid = crash_a_worker(&w);
     CHECK(sbpid > 0);
     /* The orphaned sandbox is still alive... */
     CHECK(count_cgroup_dirs("test-crash", NULL, NULL) > 0);
@@ -726,8 +734,8 @@ static void test_recovery_after_worker_kill9(void) {
 
 /* ------------------------------------------------ /tmp on disk (ephemeral.c) */
 
-/* Loop devices whose backing file is under our state dir: "N path" lines. */
-static int our_loops(int nr[], char paths[][512], int max) {
+/* Loop devices whose backing file is under dir: numbers and paths. */
+static int loops_under(const char *dir, int nr[], char paths[][512], int max) {
     int n = 0;
     glob_t g;
     if (glob("/sys/block/loop*/loop/backing_file", 0, NULL, &g) != 0) return 0;
@@ -737,7 +745,7 @@ static int our_loops(int nr[], char paths[][512], int max) {
         if (!f) continue;
         if (fgets(buf, sizeof(buf), f)) buf[strcspn(buf, "\n")] = 0;
         fclose(f);
-        if (strncmp(buf, g_parent, strlen(g_parent)) != 0) continue;
+        if (strncmp(buf, dir, strlen(dir)) != 0) continue;
         sscanf(g.gl_pathv[i], "/sys/block/loop%d/", &nr[n]);
         snprintf(paths[n], sizeof(paths[n]), "%s", buf);
         n++;
@@ -835,12 +843,23 @@ static void test_tmp_survives_between_invocations(void) {
     CHECK(ok);
 }
 
+/* The loop device number of the sandbox's /tmp, from its mountinfo. */
+static int sandbox_tmp_loop(sandbox_t *sb) {
+    char p[64], line[2048];
+    snprintf(p, sizeof(p), "/proc/%d/mountinfo", (int)sandbox_pid(sb));
+    FILE *f = fopen(p, "r");
+    int nr = -1;
+    while (f && fgets(line, sizeof(line), f)) {
+        char *dash = strstr(line, " - ext4 /dev/loop");
+        if (strstr(line, " /tmp ") && dash) nr = atoi(dash + strlen(" - ext4 /dev/loop"));
+    }
+    if (f) fclose(f);
+    return nr;
+}
+
 /* Destroy leaves no mount, no loop device bound to the image, no image. */
 static void test_destroy_removes_tmp_image(void) {
     NEEDS_DISK_TMP();
-    int nr[8];
-    char paths[8][512];
-    CHECK(our_loops(nr, paths, 8) == 0);
     char *argv[] = {"/bin/sh", "-c", "echo data > /tmp/f; echo up; sleep 600", NULL};
     err_t e = {0};
     sandbox_t *sb = start(argv, 256, 512, 0, &e);
@@ -850,16 +869,25 @@ static void test_destroy_removes_tmp_image(void) {
     while (!strstr(buf, "up") && read_some(sb, &buf, &len, 30000) > 0) {
     }
     free(buf);
-    int n = our_loops(nr, paths, 8);
-    bool ok = n == 1 && access(paths[0], F_OK) == 0 && strstr(paths[0], "/state/ephemeral/sbx-");
-    printf("  image %s on loop%d\n", n ? paths[0] : "?", n ? nr[0] : -1);
+    int nr = sandbox_tmp_loop(sb);
+    char image[512] = {0}, sys[128];
+    snprintf(sys, sizeof(sys), "/sys/block/loop%d/loop/backing_file", nr);
+    FILE *f = fopen(sys, "r");
+    if (f && fgets(image, sizeof(image), f)) image[strcspn(image, "\n")] = 0;
+    if (f) fclose(f);
+    printf("  /tmp is %s on loop%d\n", image, nr);
+    bool ok = nr >= 0 && access(image, F_OK) == 0 && strncmp(image, g_state, strlen(g_state)) == 0;
     /* Nothing in the host's mount table even while it runs. */
-    ok = ok && !host_has_mount(nr[0], paths[0]);
+    ok = ok && !host_has_mount(nr, image);
     CHECK(sandbox_destroy(sb, &e) == 0);
     CHECK(ok);
-    CHECK(our_loops(nr, paths, 8) == 0);
-    CHECK(access(paths[0], F_OK) < 0 && errno == ENOENT);
-    CHECK(!host_has_mount(nr[0], paths[0]));
+    CHECK(access(image, F_OK) < 0 && errno == ENOENT);
+    CHECK(!host_has_mount(nr, image));
+    /* No loop device bound to it (the pool's, refilled meanwhile, may be). */
+    int nrs[16];
+    char paths[16][512];
+    int n = loops_under(g_state, nrs, paths, 16);
+    for (int i = 0; i < n; i++) CHECK(strncmp(paths[i], image, strlen(image)) != 0);
 }
 
 /* The image file and the loop device are out of the function's reach. */
@@ -884,6 +912,52 @@ static void test_exec_from_tmp(void) {
 /* Creates and destroys N sandboxes (128 MB, /tmp 512 MB, running
  * "sleep 600"); pause_ms between rounds (untimed) lets the /tmp image pool
  * refill, 0 is a burst that drains it (images then prepared on the spot). */
+/* kill -9 recovery of /tmp images: a dead worker's images (its sandbox's,
+ * still mounted in the sandbox, and its pool's) and their loop devices are
+ * removed by the next sandbox_system_init; a live instance's are not. */
+static void test_recovery_removes_dead_tmp_images(void) {
+    NEEDS_DISK_TMP();
+    CHECK(sandbox_count() == 0);
+    pid_t w;
+    pid_t sbpid = crash_a_worker(&w);
+    CHECK(sbpid > 0);
+    char pat[256];
+    snprintf(pat, sizeof(pat), "%s/ephemeral/sbx-%d-*/img-*.img", g_state, (int)w);
+    glob_t g;
+    CHECK(glob(pat, 0, NULL, &g) == 0);
+    size_t nimg = g.gl_pathc;
+    char dead_dir[256];
+    snprintf(dead_dir, sizeof(dead_dir), "%s", g.gl_pathv[0]);
+    *strrchr(dead_dir, '/') = 0;
+    globfree(&g);
+    int nr[16];
+    char paths[16][512];
+    int nloops = loops_under(dead_dir, nr, paths, 16);
+    printf("  dead instance %s: %zu images, %d loop devices under the state dir\n", dead_dir, nimg, nloops);
+    CHECK(nimg >= 1 && nloops == 1); /* the orphaned sandbox still holds its /tmp */
+    /* Our own live instance has pool images: they must survive. */
+    char own[256];
+    snprintf(own, sizeof(own), "%s/ephemeral/sbx-%d-*", g_state, (int)getpid());
+    CHECK(glob(own, 0, NULL, &g) == 0 && g.gl_pathc == 1);
+    globfree(&g);
+    /* Restart: the cgroup sweep kills the orphan, the ephemeral sweep
+     * removes the dead instance's images and loop devices. */
+    sandbox_system_shutdown();
+    err_t e = {0};
+    CHECK(sandbox_system_init(g_init, g_state, &e) == 0);
+    struct stat st;
+    CHECK(stat(dead_dir, &st) < 0 && errno == ENOENT);
+    int left = 1;
+    for (int k = 0; k < 200 && left; k++) {
+        left = loops_under(dead_dir, nr, paths, 16);
+        for (int i = 0; i < left; i++) printf("  still bound: loop%d %s\n", nr[i], paths[i]);
+        if (left) usleep(10000);
+    }
+    CHECK(left == 0);
+    for (int k = 0; k < 500 && kill(sbpid, 0) == 0; k++) usleep(10000);
+    CHECK(kill(sbpid, 0) < 0 && errno == ESRCH);
+}
+
 static void create_destroy_benchmark(const char *label, int pause_ms) {
     char *argv[] = {"/bin/sh", "-c", "sleep 600", NULL};
     enum { N = 20 };
@@ -1022,6 +1096,7 @@ int main(int argc, char **argv) {
     RUN(test_destroy_removes_tmp_image);
     RUN(test_tmp_image_unreachable);
     RUN(test_exec_from_tmp);
+    RUN(test_recovery_removes_dead_tmp_images);
     RUN(test_create_destroy_benchmark);
     if (sandbox_count() != 0) printf("  leaked sandboxes: %d\n", sandbox_count());
     sandbox_system_shutdown();
