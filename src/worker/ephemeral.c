@@ -1,20 +1,23 @@
 /* ephemeral.c - disk-backed /tmp for sandboxes (see ephemeral.h).
  *
  * Layout: <state_dir>/ephemeral/<instance>/img-<seq>.img, 0600 root,
- * sparse.  Pool: per size, a list of formatted, never-attached images;
- * the pool thread keeps POOL_WANT of each size ready (512 MiB always; other
- * sizes once asked for, at most NPOOLS sizes, least recently used evicted).
+ * sparse.  Pool: per size, a list of prepared images (ephemeral_t with its
+ * mount fd); the pool thread keeps `want` of each size ready (512 MiB: 2,
+ * always; other sizes: 1, once asked for; at most NPOOLS sizes, the least
+ * recently used evicted).
  *
- * Acquire: image (pool or mke2fs now) -> open -> LOOP_CTL_GET_FREE ->
- * LOOP_CONFIGURE (autoclear, direct I/O when the backing fs allows it; else
- * LOOP_SET_FD + LOOP_SET_STATUS64) -> fsopen("ext4") + fsconfig(source,
- * noinit_itable) + fsmount(nosuid, nodev) -> root chowned, 01777,
- * lost+found removed -> every fd closed but the mount fd.  From then on the
- * mount holds the block device and the loop device holds the file: when the
- * last reference to the mount goes (the sandbox's mount namespace dies and
- * the mount fd is closed), ext4 releases the device and autoclear detaches
- * the loop device.  Release then only checks that (sysfs backing_file),
- * and deletes the file.
+ * Prepare (pool thread, or acquire on a miss): sparse file + mke2fs ->
+ * open -> LOOP_CTL_GET_FREE -> LOOP_CONFIGURE (autoclear, direct I/O when
+ * the backing fs allows it; else LOOP_SET_FD + LOOP_SET_STATUS64) ->
+ * fsopen("ext4") + fsconfig(source, noinit_itable) + fsmount(nosuid,
+ * nodev) -> lost+found removed, root 01777 -> every fd closed but the mount
+ * fd.  From then on the mount holds the block device and the loop device
+ * holds the file: when the last reference to the mount goes (the mount fd
+ * is closed and the sandbox's mount namespace, where the setup child moved
+ * it, dies), ext4 releases the device and autoclear detaches the loop
+ * device.  Acquire pops an image and chowns its root to the sandbox's uid.
+ * Release checks the detach (sysfs backing_file; clears it if needed) and
+ * deletes the file.  Nothing is ever mounted in the host's namespace.
  *
  * Crash recovery (ephemeral_init): directories "sbx-<pid>-<starttime>" of
  * dead instances (cgroup_instance_stale) are swept: mounts in our mount

@@ -11,9 +11,10 @@
  * namespace and the loop device detaches itself when it goes.  Its page
  * cache is ordinary (reclaimable) file cache, not tmpfs memory.
  *
- * Images are formatted by mke2fs (e2fsprogs) in a background thread that
- * keeps a small pool of ready images per size (512 MB always, plus sizes
- * recently asked for), so a create only attaches and mounts.  An image is
+ * A background thread keeps a small pool of ready images per size (512 MB
+ * always, plus sizes recently asked for): formatted by mke2fs (e2fsprogs),
+ * attached, mounted detached, root emptied (no lost+found) and 01777, so
+ * ephemeral_acquire only pops one and sets its root's owner.  An image is
  * used by one sandbox and deleted with it: never reused.
  *
  * Thread-safe.  Everything runs in the worker (host root). */
@@ -43,11 +44,11 @@ int ephemeral_init(const char *state_dir, const char *instance, err_t *err);
 void ephemeral_shutdown(void);
 bool ephemeral_enabled(void);
 
-/* Takes an image of size_mb MiB (from the pool, or formats one now),
- * attaches it to a free loop device, mounts it detached (nosuid, nodev),
- * makes its root owned by uid:gid with mode 01777 and empty (no
- * lost+found).  On success e->mount_fd is the mount to move into place.
- * On failure nothing is left behind. */
+/* Takes an image of size_mb MiB (<= 0: 512) from the pool, or, when the
+ * pool has none, prepares one now (format, attach to a free loop device,
+ * mount detached nosuid,nodev, root empty with mode 01777: ~10-30 ms), and
+ * makes its root owned by uid:gid.  On success e->mount_fd is the mount to
+ * move into place.  On failure nothing is left behind. */
 int ephemeral_acquire(int size_mb, uid_t uid, gid_t gid, ephemeral_t *e, err_t *err);
 /* Closes e->mount_fd (call once the sandbox holds the mount, or on failure
  * before that). */

@@ -2,6 +2,9 @@
  *
  * How a sandbox is created (sandbox_create):
  *  1. The parent (worker) creates the sandbox's cgroups with their limits,
+ *     takes a /tmp image (ephemeral.c: an ext4 filesystem on a loop device,
+ *     as a detached mount fd, owned by the sandbox's uid 993; or, without
+ *     loop devices, /tmp will be a tmpfs),
  *     an output pipe, a SOCK_SEQPACKET socketpair for synchronisation, and
  *     precomputes everything the child will do as a list of steps (all
  *     strings formatted here: the child never allocates, because it shares
@@ -22,7 +25,8 @@
  *     runs later has CAP_SETGID); unshares a cgroup namespace rooted at its
  *     own cgroup; sets the hostname; brings lo up; creates the listening
  *     socket 127.0.0.1:9001 and passes it over the socketpair (SCM_RIGHTS);
- *     builds the new root on a tmpfs (see the step list in build_steps);
+ *     builds the new root on a tmpfs (see the step list in build_steps;
+ *     /tmp is the worker's detached mount, placed with move_mount);
  *     remounts it read-only; pivot_root; detaches the old root; sets
  *     stdin=/dev/null, stdout=stderr=output pipe; no_new_privs; seccomp
  *     filter; closes every other fd; execs /init (flicker-init), whose
@@ -36,19 +40,24 @@
  *
  *   (none) --sandbox_create--> RUNNING <--sandbox_freeze / sandbox_thaw--> FROZEN
  *   RUNNING --PID 1 exits (pidfd readable), sandbox_reap--> EXITED
- *   any state --sandbox_destroy--> (freed: processes killed, cgroups removed)
+ *   any state --sandbox_destroy--> (freed: processes killed, cgroups removed,
+ *                                   /tmp image detached and deleted)
  *
  * The child must stay async-signal-safe, write only its stack and its
  * child_args_t, and must not use glibc wrappers that assume glibc's view of
  * the process's threads (setuid family: use raw syscalls), since it runs in
  * the memory of a possibly multi-threaded worker (see child_entry).
  *
- * Invariants: every mount is made in the child's mount namespace (nothing
- * on the host to clean up); nothing in the sandbox ever runs with a host uid
- * of 0 after step 4; sb->pid is our child, reaped only through its pidfd
- * (waitid P_PIDFD, __WALL), so a worker's waitpid(-1) (which lacks __WALL)
- * does not steal it; on any create failure the child is killed and reaped
- * and the cgroups are removed. */
+ * Invariants: every mount is made in the child's mount namespace, or (/tmp)
+ * made detached by the worker and moved there: none is ever in the host's
+ * namespace, so nothing there to clean up; the /tmp image file and its loop
+ * device live exactly as long as the sandbox (sandbox_destroy deletes the
+ * file; autoclear has detached the device); nothing in the sandbox ever
+ * runs with a host uid of 0 after step 4; sb->pid is our child, reaped only
+ * through its pidfd (waitid P_PIDFD, __WALL), so a worker's waitpid(-1)
+ * (which lacks __WALL) does not steal it; on any create failure the child
+ * is killed and reaped, the cgroups are removed and the /tmp image is
+ * released. */
 #include "worker/sandbox.h"
 
 #include <errno.h>

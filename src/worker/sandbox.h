@@ -28,7 +28,8 @@
  *  - The api, output and pid fds are non-blocking, close-on-exec and owned
  *    by the sandbox: unregister them from event loops before
  *    sandbox_destroy, which closes them.  Drain the output pipe.
- *  - sandbox_create blocks for the jail setup (a few ms; at most 10 s),
+ *  - sandbox_create blocks for the jail setup (a few ms, plus ~10-30 ms
+ *    when the /tmp image pool is empty; at most 10 s),
  *    sandbox_destroy until PID 1 is reaped (~1-3 ms), sandbox_freeze until
  *    frozen.
  *  - code_dir and runtime_dir contents must be readable by others (the
@@ -70,7 +71,8 @@ typedef struct sandbox sandbox_t;
  * tmpfs charged to the sandbox's memory.  Returns 0 or -1/err. */
 int sandbox_system_init(const char *init_path, const char *state_dir, err_t *err);
 /* Undoes sandbox_system_init for a clean exit: removes this process's
- * (empty) parent cgroups.  Call after every sandbox is destroyed. */
+ * (empty) parent cgroups and its /tmp image pool.  Call after every sandbox
+ * is destroyed. */
 void sandbox_system_shutdown(void);
 /* Which cgroup backend is in use: "v1" or "v2" (after system init). */
 const char *sandbox_cgroup_version(void);
@@ -114,7 +116,8 @@ void sandbox_reset_peak(sandbox_t *sb);
 /* Number of OOM kills in the sandbox's memory cgroup since creation. */
 int sandbox_oom_kills(sandbox_t *sb);
 
-/* Kills every process (SIGKILL), reaps PID 1, removes cgroups and frees
+/* Kills every process (SIGKILL), reaps PID 1, removes cgroups, deletes
+ * the /tmp image (its loop device has detached itself) and frees
  * everything.  Always succeeds in freeing sb; returns -1/err if some
  * kernel object could not be removed (it is logged and retried at the next
  * sandbox_system_init). */
