@@ -306,8 +306,8 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
         colons += *c == ':';
     /* "fn:q", "acct:function:fn:q", "arn:aws:lambda:r:acct:function:fn:q" */
     bool qualified = (qualifier && *qualifier) || colons == 1 || colons == 3 || colons == 7;
-    evhttp_clear_headers(&q);
     char *qualifier_given = qualifier && *qualifier ? xstrdup(qualifier) : NULL;
+    evhttp_clear_headers(&q);
     qualifier = NULL; /* freed with q */
     if (rc < 0) {
         free(client_context);
