@@ -30,8 +30,8 @@
  *    sandbox_destroy, which closes them.  Drain the output pipe.
  *  - sandbox_create blocks for the jail setup (a few ms, plus ~10-30 ms
  *    when the /tmp image pool is empty; at most 10 s),
- *    sandbox_destroy until PID 1 is reaped (~1-3 ms), sandbox_freeze until
- *    frozen.
+ *    sandbox_destroy until PID 1 is reaped and the /tmp image deleted
+ *    (~1-10 ms), sandbox_freeze until frozen.
  *  - code_dir and runtime_dir contents must be readable by others (the
  *    function runs as an unprivileged host uid); their parents may be
  *    private.
