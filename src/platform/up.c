@@ -341,7 +341,7 @@ static int run(up_options_t o)
         log_error("up", "credentials: %s", err.msg);
         goto out;
     }
-    if (!o.frontend_only && sandbox_system_init(init_path, &err) < 0) {
+    if (!o.frontend_only && sandbox_system_init(init_path, data, &err) < 0) {
         log_error("up", "sandboxes unavailable: %s", err.msg);
         goto out;
     }

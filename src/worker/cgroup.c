@@ -439,7 +439,7 @@ static unsigned long long proc_starttime(pid_t pid) {
 /* True for "sbx-<pid>-<starttime>" whose process is gone (or whose pid now
  * belongs to a process with another start time).  Anything else under
  * flicker/ (not ours, or alive) is left alone. */
-static bool instance_stale(const char *name) {
+bool cgroup_instance_stale(const char *name) {
     int pid, used = 0;
     unsigned long long st;
     if (sscanf(name, "sbx-%d-%llu%n", &pid, &st, &used) != 2 || name[used] != 0 || pid <= 0) return false;
@@ -480,7 +480,7 @@ void cgroup_root_reap_stale(cgroup_root_t *root) {
         struct dirent *e;
         while ((e = readdir(d))) {
             if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
-            if (!instance_stale(e->d_name)) continue;
+            if (!cgroup_instance_stale(e->d_name)) continue;
             _cleanup_free_ char *sub = xasprintf("%s/%s", root->base[i], e->d_name);
             log_info(ROLE, "removing stale sandbox cgroups %s", sub);
             reap_tree(sub, v2);
@@ -489,13 +489,13 @@ void cgroup_root_reap_stale(cgroup_root_t *root) {
     }
 }
 
-static char *instance_name(void) {
+char *cgroup_instance_name(void) {
     pid_t pid = getpid();
     return xasprintf("sbx-%d-%llu", (int)pid, proc_starttime(pid));
 }
 
 static int make_parents(cgroup_root_t *root, err_t *err) {
-    _cleanup_free_ char *inst = instance_name();
+    _cleanup_free_ char *inst = cgroup_instance_name();
     for (int i = 0; i < root->ndirs; i++) {
         if (mkdir(root->base[i], 0755) < 0 && errno != EEXIST) return err_sys(err, "mkdir %s", root->base[i]);
         if (root->ops == &cgroup_v2_ops) {

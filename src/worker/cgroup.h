@@ -87,6 +87,13 @@ void cgroup_root_fini(cgroup_root_t *root);
 /* Kills and removes stale instances under root->base (the dead owners'). */
 void cgroup_root_reap_stale(cgroup_root_t *root);
 
+/* "sbx-<pid>-<starttime>" naming this process (malloc'd), and whether a
+ * name of that form belongs to a dead process (pid gone, or reused with
+ * another start time); false for anything not of that form.  Also used by
+ * the ephemeral storage (ephemeral.c) to scope its crash cleanup. */
+char *cgroup_instance_name(void);
+bool cgroup_instance_stale(const char *name);
+
 /* Lambda's CPU share: period * memory_mb / 1769, clamped to [1 ms, ncpu
  * periods]. */
 uint64_t cgroup_cpu_quota(int memory_mb, uint64_t period_us);

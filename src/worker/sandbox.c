@@ -2,6 +2,9 @@
  *
  * How a sandbox is created (sandbox_create):
  *  1. The parent (worker) creates the sandbox's cgroups with their limits,
+ *     takes a /tmp image (ephemeral.c: an ext4 filesystem on a loop device,
+ *     as a detached mount fd, owned by the sandbox's uid 993; or, without
+ *     loop devices, /tmp will be a tmpfs),
  *     an output pipe, a SOCK_SEQPACKET socketpair for synchronisation, and
  *     precomputes everything the child will do as a list of steps (all
  *     strings formatted here: the child never allocates, because it shares
@@ -22,7 +25,8 @@
  *     runs later has CAP_SETGID); unshares a cgroup namespace rooted at its
  *     own cgroup; sets the hostname; brings lo up; creates the listening
  *     socket 127.0.0.1:9001 and passes it over the socketpair (SCM_RIGHTS);
- *     builds the new root on a tmpfs (see the step list in build_steps);
+ *     builds the new root on a tmpfs (see the step list in build_steps;
+ *     /tmp is the worker's detached mount, placed with move_mount);
  *     remounts it read-only; pivot_root; detaches the old root; sets
  *     stdin=/dev/null, stdout=stderr=output pipe; no_new_privs; seccomp
  *     filter; closes every other fd; execs /init (flicker-init), whose
@@ -36,19 +40,24 @@
  *
  *   (none) --sandbox_create--> RUNNING <--sandbox_freeze / sandbox_thaw--> FROZEN
  *   RUNNING --PID 1 exits (pidfd readable), sandbox_reap--> EXITED
- *   any state --sandbox_destroy--> (freed: processes killed, cgroups removed)
+ *   any state --sandbox_destroy--> (freed: processes killed, cgroups removed,
+ *                                   /tmp image detached and deleted)
  *
  * The child must stay async-signal-safe, write only its stack and its
  * child_args_t, and must not use glibc wrappers that assume glibc's view of
  * the process's threads (setuid family: use raw syscalls), since it runs in
  * the memory of a possibly multi-threaded worker (see child_entry).
  *
- * Invariants: every mount is made in the child's mount namespace (nothing
- * on the host to clean up); nothing in the sandbox ever runs with a host uid
- * of 0 after step 4; sb->pid is our child, reaped only through its pidfd
- * (waitid P_PIDFD, __WALL), so a worker's waitpid(-1) (which lacks __WALL)
- * does not steal it; on any create failure the child is killed and reaped
- * and the cgroups are removed. */
+ * Invariants: every mount is made in the child's mount namespace, or (/tmp)
+ * made detached by the worker and moved there: none is ever in the host's
+ * namespace, so nothing there to clean up; the /tmp image file and its loop
+ * device live exactly as long as the sandbox (sandbox_destroy deletes the
+ * file; autoclear has detached the device); nothing in the sandbox ever
+ * runs with a host uid of 0 after step 4; sb->pid is our child, reaped only
+ * through its pidfd (waitid P_PIDFD, __WALL), so a worker's waitpid(-1)
+ * (which lacks __WALL) does not steal it; on any create failure the child
+ * is killed and reaped, the cgroups are removed and the /tmp image is
+ * released. */
 #include "worker/sandbox.h"
 
 #include <errno.h>
@@ -95,6 +104,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "worker/cgroup.h"
+#include "worker/ephemeral.h"
 #include "worker/seccomp_filter.h"
 
 #define ROLE "sandbox"
@@ -135,6 +145,8 @@ struct sandbox {
     int status;
     int memory_mb;
     cgroup_t cg;
+    bool have_eph; /* /tmp is a disk image (ephemeral.c), released at destroy */
+    ephemeral_t eph;
 };
 
 /* --------------------------------------------------------- child steps */
@@ -147,6 +159,7 @@ enum step_kind {
     ST_BIND,     /* src (path, or the fd of src_slot), dst, flags for the ro/nosuid remount */
     ST_REMOUNT,  /* dst, flags: bind-remount (per-mount flags only) */
     ST_PROC,     /* dst: a new proc, hiding other users' processes if possible */
+    ST_MOVE,     /* dst, fd: move the worker's detached mount fd (fsmount) to dst */
 };
 
 typedef struct step {
@@ -155,6 +168,7 @@ typedef struct step {
     unsigned long flags;
     mode_t mode;
     int src_slot; /* >= 0: use the fd opened in the child before dropping to ns uid */
+    int fd;       /* ST_MOVE: a mount fd inherited from the worker */
     bool optional;
 } step_t;
 
@@ -257,6 +271,9 @@ CHILD_CODE static void run_step(const child_args_t *a, const step_t *s) {
         if (mount(NULL, s->dst, NULL, f, NULL) < 0) child_fail(a, "remount ", s->dst);
         return;
     }
+    case ST_MOVE:
+        if (move_mount(s->fd, "", AT_FDCWD, s->dst, MOVE_MOUNT_F_EMPTY_PATH) < 0) child_fail(a, "move_mount ", s->dst);
+        return;
     }
 }
 
@@ -402,6 +419,7 @@ static step_t *add(steps_t *s, enum step_kind kind, char *dst) {
     st->kind = kind;
     st->dst = dst;
     st->src_slot = -1;
+    st->fd = -1;
     return st;
 }
 
@@ -458,8 +476,9 @@ static const char NSSWITCH[] =
     "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\n"
     "protocols: files\nservices: files\nethers: files\nrpc: files\n";
 
-/* The whole root filesystem, in order.  r is the new root's mount point. */
-static void build_steps(steps_t *s, const char *r, const sandbox_spec_t *spec) {
+/* The whole root filesystem, in order.  r is the new root's mount point;
+ * tmp_fd is the detached mount for /tmp (ephemeral.c), or -1 for a tmpfs. */
+static void build_steps(steps_t *s, const char *r, const sandbox_spec_t *spec, int tmp_fd) {
     const unsigned long NOSUIDDEV = MS_NOSUID | MS_NODEV;
     /* The root holds only directories, symlinks, generated /etc files and
      * mount points: noexec (/usr, /var/task, /var/runtime, /tmp and /init are
@@ -542,8 +561,14 @@ static void build_steps(steps_t *s, const char *r, const sandbox_spec_t *spec) {
         b->flags = MS_RDONLY | NOSUIDDEV;
     }
     s_mkdir(s, r, "/tmp", 01777);
-    _cleanup_free_ char *tmpopts = xasprintf("size=%dm,mode=1777", spec->ephemeral_mb > 0 ? spec->ephemeral_mb : 512);
-    s_mount(s, r, "/tmp", "tmpfs", NOSUIDDEV, tmpopts);
+    if (tmp_fd >= 0) {
+        /* ext4 on a loop device, mounted nosuid,nodev by the worker. */
+        add(s, ST_MOVE, xasprintf("%s/tmp", r))->fd = tmp_fd;
+    } else {
+        _cleanup_free_ char *tmpopts =
+            xasprintf("size=%dm,mode=1777", spec->ephemeral_mb > 0 ? spec->ephemeral_mb : 512);
+        s_mount(s, r, "/tmp", "tmpfs", NOSUIDDEV, tmpopts);
+    }
     s_file(s, r, "/init", NULL);
     b = add(s, ST_BIND, xasprintf("%s/init", r));
     b->src_slot = SRC_INIT;
@@ -555,7 +580,7 @@ static void build_steps(steps_t *s, const char *r, const sandbox_spec_t *spec) {
 
 /* ---------------------------------------------------------- system init */
 
-int sandbox_system_init(const char *init_path, err_t *err) {
+int sandbox_system_init(const char *init_path, const char *state_dir, err_t *err) {
     pthread_mutex_lock(&g_lock);
     int rc = 0;
     if (g_inited) goto out;
@@ -577,6 +602,19 @@ int sandbox_system_init(const char *init_path, err_t *err) {
         rc = -1;
         goto out;
     }
+    /* After the cgroup sweep: a dead instance's sandboxes are killed, so
+     * their /tmp images are unmounted and their loop devices detached. */
+    if (state_dir) {
+        _cleanup_free_ char *inst = cgroup_instance_name();
+        if (ephemeral_init(state_dir, inst, err) < 0) {
+            cgroup_root_fini(&g_root);
+            seccomp_filter_free(&g_filter);
+            rc = -1;
+            goto out;
+        }
+    } else {
+        log_warn(ROLE, "no state directory: /tmp is tmpfs and counts as memory");
+    }
     g_init_path = realpath(init_path, NULL);
     if (!g_init_path) g_init_path = xstrdup(init_path);
     g_inited = true;
@@ -590,6 +628,7 @@ void sandbox_system_shutdown(void) {
     pthread_mutex_lock(&g_lock);
     if (g_inited) {
         if (atomic_load(&g_count) != 0) log_warn(ROLE, "shutdown with %d sandboxes alive", atomic_load(&g_count));
+        ephemeral_shutdown();
         cgroup_root_fini(&g_root);
         seccomp_filter_free(&g_filter);
         free(g_init_path);
@@ -723,6 +762,13 @@ int sandbox_create(const sandbox_spec_t *spec, sandbox_t **out, err_t *err) {
     if (g_root.ops->create(&g_root, spec->id, &lim, &sb->cg, err) < 0) goto fail;
     have_cg = true;
 
+    unsigned base = UID_BASE + (unsigned)sb->slot * UID_RANGE;
+    if (ephemeral_enabled()) {
+        /* /tmp belongs to the function's user (993 inside). */
+        if (ephemeral_acquire(spec->ephemeral_mb, base + 993, base + 993, &sb->eph, err) < 0) goto fail;
+        sb->have_eph = true;
+    }
+
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         err_sys(err, "socketpair");
         goto fail;
@@ -734,7 +780,7 @@ int sandbox_create(const sandbox_spec_t *spec, sandbox_t **out, err_t *err) {
 
     /* Everything the child needs, computed here. */
     char newroot[] = "/tmp";
-    build_steps(&steps, newroot, spec);
+    build_steps(&steps, newroot, spec, sb->have_eph ? sb->eph.mount_fd : -1);
     size_t argc = 0;
     while (spec->argv[argc]) argc++;
     init_argv = xcalloc(argc + 2, sizeof(char *));
@@ -779,7 +825,6 @@ int sandbox_create(const sandbox_spec_t *spec, sandbox_t **out, err_t *err) {
     close(pipefd[1]);
     pipefd[1] = -1;
 
-    unsigned base = UID_BASE + (unsigned)sb->slot * UID_RANGE;
     if (write_map(pid, "uid_map", base, err) < 0 || write_map(pid, "gid_map", base, err) < 0) goto fail;
     if (g_root.ops->attach(&sb->cg, pid, err) < 0) goto fail;
     sb->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -816,6 +861,8 @@ int sandbox_create(const sandbox_spec_t *spec, sandbox_t **out, err_t *err) {
     STACK_UNPOISON(stack, CHILD_STACK);
     munmap(stack, CHILD_STACK);
     stack = NULL;
+    /* /tmp is now held by the sandbox's mount namespace alone. */
+    if (sb->have_eph) ephemeral_drop_mount(&sb->eph);
     sb->memory_mb = spec->memory_mb;
     if (!spec->defer_cpu_limit && sandbox_apply_cpu_limit(sb, err) < 0) goto fail;
     fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
@@ -836,6 +883,7 @@ fail:
         munmap(stack, CHILD_STACK);
     }
     if (have_cg) g_root.ops->remove(&sb->cg, NULL);
+    if (sb->have_eph) ephemeral_release(&sb->eph, NULL);
     for (int i = 0; i < 2; i++) {
         if (sv[i] >= 0) close(sv[i]);
         if (pipefd[i] >= 0) close(pipefd[i]);
@@ -912,6 +960,8 @@ int sandbox_destroy(sandbox_t *sb, err_t *err) {
     }
     if (g_root.ops->kill_all(&sb->cg, 5000, err) < 0) rc = -1;
     if (g_root.ops->remove(&sb->cg, rc < 0 ? NULL : err) < 0) rc = -1;
+    /* PID 1 is reaped, so the mount namespace holding /tmp is gone. */
+    if (sb->have_eph && ephemeral_release(&sb->eph, rc < 0 ? NULL : err) < 0) rc = -1;
     if (rc < 0) log_warn(ROLE, "sandbox %s: destroy incomplete: %s", sb->id, err ? err->msg : "?");
     if (sb->pidfd >= 0) close(sb->pidfd);
     if (sb->api_fd >= 0) close(sb->api_fd);

@@ -4,9 +4,10 @@
  * network and cgroup namespaces, pivot_root'ed into a read-only root built
  * from the host's /usr (the runtimes' interpreters), with the function's
  * code read-only at /var/task, flicker's runtime clients read-only at
- * /var/runtime, and a private /tmp of the requested size.  It has no
- * capabilities, no_new_privs, a seccomp deny-list, and cgroup limits on
- * memory (= MemorySize), CPU (in proportion to memory, as Lambda) and pids.
+ * /var/runtime, and a private disk-backed /tmp of the requested size.  It
+ * has no capabilities, no_new_privs, a seccomp deny-list, and cgroup limits
+ * on memory (= MemorySize), CPU (in proportion to memory, as Lambda) and
+ * pids.
  * Its network namespace has only loopback: the Runtime API listening socket
  * (127.0.0.1:9001 inside) is created inside the namespace and handed back to
  * the worker, which serves it; nothing else is reachable.
@@ -27,12 +28,17 @@
  *  - The api, output and pid fds are non-blocking, close-on-exec and owned
  *    by the sandbox: unregister them from event loops before
  *    sandbox_destroy, which closes them.  Drain the output pipe.
- *  - sandbox_create blocks for the jail setup (a few ms; at most 10 s),
- *    sandbox_destroy until PID 1 is reaped (~1-3 ms), sandbox_freeze until
- *    frozen.
+ *  - sandbox_create blocks for the jail setup (a few ms, plus ~10-30 ms
+ *    when the /tmp image pool is empty; at most 10 s),
+ *    sandbox_destroy until PID 1 is reaped and the /tmp image deleted
+ *    (~1-10 ms), sandbox_freeze until frozen.
  *  - code_dir and runtime_dir contents must be readable by others (the
  *    function runs as an unprivileged host uid); their parents may be
- *    private.  /tmp is tmpfs and is charged to the memory limit. */
+ *    private.
+ *  - /tmp is an ext4 image of exactly ephemeral_mb on a loop device (disk,
+ *    not memory: its page cache is reclaimable), private to the sandbox and
+ *    deleted by sandbox_destroy; tmpfs (charged to memory) only without a
+ *    state_dir or loop devices. */
 #ifndef FLICKER_SANDBOX_H
 #define FLICKER_SANDBOX_H
 #include <stdbool.h>
@@ -58,10 +64,15 @@ typedef struct sandbox sandbox_t;
 /* One-time setup for this host: finds the cgroup version, creates the
  * parent cgroup "flicker" (or reuses it), kills and removes any sandbox left
  * by a previous run (kill -9 recovery).  init_path is the host path of the
- * static flicker-init binary.  Returns 0 or -1/err. */
-int sandbox_system_init(const char *init_path, err_t *err);
+ * static flicker-init binary.  state_dir (the worker's data directory, or
+ * NULL) holds the sandboxes' /tmp images in state_dir/ephemeral/ (see
+ * ephemeral.h; a dead instance's leftovers there are removed now); with
+ * NULL, or when loop devices are unusable on this host (logged), /tmp is a
+ * tmpfs charged to the sandbox's memory.  Returns 0 or -1/err. */
+int sandbox_system_init(const char *init_path, const char *state_dir, err_t *err);
 /* Undoes sandbox_system_init for a clean exit: removes this process's
- * (empty) parent cgroups.  Call after every sandbox is destroyed. */
+ * (empty) parent cgroups and its /tmp image pool.  Call after every sandbox
+ * is destroyed. */
 void sandbox_system_shutdown(void);
 /* Which cgroup backend is in use: "v1" or "v2" (after system init). */
 const char *sandbox_cgroup_version(void);
@@ -105,7 +116,8 @@ void sandbox_reset_peak(sandbox_t *sb);
 /* Number of OOM kills in the sandbox's memory cgroup since creation. */
 int sandbox_oom_kills(sandbox_t *sb);
 
-/* Kills every process (SIGKILL), reaps PID 1, removes cgroups and frees
+/* Kills every process (SIGKILL), reaps PID 1, removes cgroups, deletes
+ * the /tmp image (its loop device has detached itself) and frees
  * everything.  Always succeeds in freeing sb; returns -1/err if some
  * kernel object could not be removed (it is logged and retried at the next
  * sandbox_system_init). */

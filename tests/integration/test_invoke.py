@@ -277,6 +277,15 @@ def test_tmp_size_limit(deploy, invoke):
     assert 400 <= out["written_mb"] <= 520, out
 
 
+def test_tmp_is_disk_not_memory(deploy, invoke):
+    # /tmp is ephemeral storage, not memory: a 128 MB function writes 400 MB
+    # into its 512 MB /tmp without being OOM-killed.
+    name = deploy("py_tmp", MemorySize=128, Timeout=120)
+    r = invoke(name, {"op": "fill", "max_mb": 400})
+    assert r.function_error is None, r.payload
+    assert r.json == {"written_mb": 400, "error": None}, r.json
+
+
 def test_update_code_retires_old_environments(lam, deploy, invoke):
     name = deploy("py_echo", Environment={"Variables": {"MARK": "a"}})
     z1 = make_zip("py_echo", extra={"marker.txt": "v1"})

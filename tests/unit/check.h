@@ -17,8 +17,10 @@ static int check_failed_, check_any_failed_;
         }                                                                              \
     } while (0)
 #define CHECK_STR(a, b) CHECK(strcmp((a), (b)) == 0)
+/* CHECK_ONLY=name1,name2 runs only the tests whose names it contains. */
 #define RUN(test)                                                                      \
     do {                                                                               \
+        if (getenv("CHECK_ONLY") && !strstr(getenv("CHECK_ONLY"), #test)) break;        \
         check_failed_ = 0;                                                             \
         test();                                                                        \
         printf("%s %s\n", check_failed_ ? "FAIL" : "PASS", #test);                     \

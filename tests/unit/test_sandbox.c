@@ -25,6 +25,15 @@
 
 static char g_parent[64]; /* 0700 dir: the code dir's parent is not traversable by others */
 static char g_code[128];
+static char g_state[128]; /* the worker's state dir: /tmp images under g_state/ephemeral */
+static bool g_disk_tmp;   /* /tmp is disk-backed (else the tmpfs fallback) */
+#define NEEDS_DISK_TMP()                                                                  \
+    do {                                                                                  \
+        if (!g_disk_tmp) {                                                                \
+            printf("  skipped: /tmp is tmpfs (FLICKER_TEST_TMPFS)\n");                    \
+            return;                                                                       \
+        }                                                                                 \
+    } while (0)
 static int g_seq;
 
 static char *const g_env[] = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8",
@@ -73,6 +82,7 @@ static void setup_dirs(void) {
     snprintf(g_parent, sizeof(g_parent), "/tmp/flicker-sbtest-XXXXXX");
     if (!mkdtemp(g_parent)) abort();
     chmod(g_parent, 0700);
+    snprintf(g_state, sizeof(g_state), "%s/state", g_parent);
     snprintf(g_code, sizeof(g_code), "%s/code", g_parent);
     mkdir(g_code, 0755);
     chmod(g_code, 0755);
@@ -657,9 +667,9 @@ static void test_concurrent_creates_from_threads(void) {
 /* kill -9 recovery: a worker process dies with a sandbox running; the next
  * init (here: a fresh cgroup root of this process) kills the orphaned
  * sandbox and removes its cgroups. */
-static int crashed_worker_main(const char *init) {
+static int crashed_worker_main(const char *init, const char *state) {
     err_t e = {0};
-    if (sandbox_system_init(init, &e) < 0) return 1;
+    if (sandbox_system_init(init, state, &e) < 0) return 1;
     char *argv[] = {"/bin/sh", "-c", "sleep 600 & sleep 600", NULL};
     sandbox_spec_t sp = {.id = "test-crash", .code_dir = g_code, .memory_mb = 128, .ephemeral_mb = 16,
                          .argv = argv, .envp = g_env};
@@ -673,22 +683,30 @@ static int crashed_worker_main(const char *init) {
 
 static const char *g_init;
 
-static void test_recovery_after_worker_kill9(void) {
+/* Starts a worker process with one sandbox running and kills it -9;
+ * returns the sandbox's pid (-1 on failure), the worker's in *worker. */
+static pid_t crash_a_worker(pid_t *worker) {
     int pfd[2];
-    CHECK(pipe(pfd) == 0);
+    if (pipe(pfd) < 0) return -1;
     pid_t w = fork();
     if (w == 0) {
         dup2(pfd[1], 1);
-        execl("/proc/self/exe", "test_sandbox", "--crashed-worker", g_init, g_code, (char *)NULL);
+        execl("/proc/self/exe", "test_sandbox", "--crashed-worker", g_init, g_code, g_state, (char *)NULL);
         _exit(127);
     }
     close(pfd[1]);
     char buf[32] = {0};
     ssize_t n = read(pfd[0], buf, sizeof(buf) - 1);
     close(pfd[0]);
-    pid_t sbpid = n > 0 ? (pid_t)atoi(buf) : -1;
     kill(w, SIGKILL);
     waitpid(w, NULL, 0);
+    *worker = w;
+    return n > 0 ? (pid_t)atoi(buf) : -1;
+}
+
+static void test_recovery_after_worker_kill9(void) {
+    pid_t w;
+    pid_t sbpid = crash_a_worker(&w);
     CHECK(sbpid > 0);
     /* The orphaned sandbox is still alive... */
     CHECK(count_cgroup_dirs("test-crash", NULL, NULL) > 0);
@@ -713,14 +731,245 @@ static void test_recovery_after_worker_kill9(void) {
     }
 }
 
-static void create_destroy_benchmark(const char *label) {
+
+/* ------------------------------------------------ /tmp on disk (ephemeral.c) */
+
+/* Loop devices whose backing file is under dir: numbers and paths. */
+static int loops_under(const char *dir, int nr[], char paths[][512], int max) {
+    int n = 0;
+    glob_t g;
+    if (glob("/sys/block/loop*/loop/backing_file", 0, NULL, &g) != 0) return 0;
+    for (size_t i = 0; i < g.gl_pathc && n < max; i++) {
+        char buf[512] = {0};
+        FILE *f = fopen(g.gl_pathv[i], "r");
+        if (!f) continue;
+        if (fgets(buf, sizeof(buf), f)) buf[strcspn(buf, "\n")] = 0;
+        fclose(f);
+        if (strncmp(buf, dir, strlen(dir)) != 0) continue;
+        sscanf(g.gl_pathv[i], "/sys/block/loop%d/", &nr[n]);
+        snprintf(paths[n], sizeof(paths[n]), "%s", buf);
+        n++;
+    }
+    globfree(&g);
+    return n;
+}
+
+/* True if our mount namespace has a mount of block device 7:nr or of a
+ * path mentioning needle. */
+static bool host_has_mount(int nr, const char *needle) {
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    char line[2048], dev[32];
+    snprintf(dev, sizeof(dev), " 7:%d ", nr);
+    bool found = false;
+    while (f && fgets(line, sizeof(line), f))
+        if (strstr(line, dev) || (needle && strstr(line, needle))) found = true;
+    if (f) fclose(f);
+    return found;
+}
+
+/* A 128 MB function writes far more than 128 MB to /tmp: it is disk, not
+ * memory, so no OOM kill; it stops with ENOSPC at about ephemeral_mb. */
+static void test_tmp_is_disk_not_memory(void) {
+    NEEDS_DISK_TMP();
+    char *argv[] = {"/bin/sh", "-c",
+                    "dd if=/dev/zero of=/tmp/fill bs=1M count=1000 2>&1 | grep -o 'No space left on device';"
+                    " echo size=$(( $(stat -c %s /tmp/fill) >> 20 )); rm /tmp/fill; echo done",
+                    NULL};
+    err_t e = {0};
+    sandbox_t *sb = start(argv, 128, 360, 0, &e);
+    CHECK(sb != NULL);
+    int st;
+    char *out = drain_and_reap(sb, &st);
+    int ooms = sandbox_oom_kills(sb);
+    uint64_t peak = sandbox_memory_peak(sb);
+    sandbox_destroy(sb, NULL);
+    char *sz = strstr(out, "size=");
+    int mb = sz ? atoi(sz + 5) : -1;
+    printf("  wrote %d MiB into a 360 MiB /tmp with 128 MB of memory: oom_kills=%d peak=%llu MB\n", mb, ooms,
+           (unsigned long long)(peak >> 20));
+    bool ok = strstr(out, "No space left on device") && strstr(out, "done") && ooms == 0 && WIFEXITED(st) &&
+              WEXITSTATUS(st) == 0 && mb >= 330 && mb <= 360;
+    if (!ok) printf("  output: %s\n", out);
+    free(out);
+    CHECK(ok);
+}
+
+/* A new sandbox's /tmp is empty (no lost+found, nothing of an earlier
+ * sandbox), also when its image comes from the pool; root owned by 993,
+ * mode 1777. */
+static void test_tmp_empty_in_new_sandbox(void) {
+    NEEDS_DISK_TMP();
+    for (int i = 0; i < 4; i++) {
+        if (i) usleep(300000); /* let the pool refill: the next image is a pool one */
+        char *argv[] = {"/bin/sh", "-c",
+                        "echo n=$(ls -A /tmp | wc -l) owner=$(stat -c '%u:%g %a' /tmp);"
+                        " echo secret > /tmp/secret; dd if=/dev/urandom of=/tmp/blob bs=1M count=4 2>/dev/null;"
+                        " sync; echo written",
+                        NULL};
+        int st;
+        char *out = run_argv(argv, 256, 512, 0, &st);
+        CHECK(out != NULL);
+        bool ok = strstr(out, "n=0 owner=993:993 1777\n") && strstr(out, "written");
+        if (!ok) printf("  round %d output: %s\n", i, out);
+        free(out);
+        CHECK(ok);
+    }
+}
+
+/* /tmp persists for the life of one sandbox: written, frozen and thawed
+ * (as between invocations), read back by the same process. */
+static void test_tmp_survives_between_invocations(void) {
+    NEEDS_DISK_TMP();
+    char *argv[] = {"/bin/sh", "-c",
+                    "echo kept-$$ > /tmp/state; echo wrote; sleep 1; cat /tmp/state",
+                    NULL};
+    err_t e = {0};
+    sandbox_t *sb = start(argv, 256, 64, 0, &e);
+    CHECK(sb != NULL);
+    char *buf = xstrdup("");
+    size_t len = 0;
+    while (!strstr(buf, "wrote") && read_some(sb, &buf, &len, 30000) > 0) {
+    }
+    bool ok = sandbox_freeze(sb, &e) == 0;
+    usleep(100000);
+    ok = ok && sandbox_thaw(sb, &e) == 0;
+    int st;
+    char *rest = drain_and_reap(sb, &st);
+    ok = ok && strstr(rest, "kept-2\n") && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    if (!ok) printf("  output: %s%s\n", buf, rest);
+    free(buf);
+    free(rest);
+    sandbox_destroy(sb, NULL);
+    CHECK(ok);
+}
+
+/* The loop device number of the sandbox's /tmp, from its mountinfo. */
+static int sandbox_tmp_loop(sandbox_t *sb) {
+    char p[64], line[2048];
+    snprintf(p, sizeof(p), "/proc/%d/mountinfo", (int)sandbox_pid(sb));
+    FILE *f = fopen(p, "r");
+    int nr = -1;
+    while (f && fgets(line, sizeof(line), f)) {
+        char *dash = strstr(line, " - ext4 /dev/loop");
+        if (strstr(line, " /tmp ") && dash) nr = atoi(dash + strlen(" - ext4 /dev/loop"));
+    }
+    if (f) fclose(f);
+    return nr;
+}
+
+/* Destroy leaves no mount, no loop device bound to the image, no image. */
+static void test_destroy_removes_tmp_image(void) {
+    NEEDS_DISK_TMP();
+    char *argv[] = {"/bin/sh", "-c", "echo data > /tmp/f; echo up; sleep 600", NULL};
+    err_t e = {0};
+    sandbox_t *sb = start(argv, 256, 512, 0, &e);
+    CHECK(sb != NULL);
+    char *buf = xstrdup("");
+    size_t len = 0;
+    while (!strstr(buf, "up") && read_some(sb, &buf, &len, 30000) > 0) {
+    }
+    free(buf);
+    int nr = sandbox_tmp_loop(sb);
+    char image[512] = {0}, sys[128];
+    snprintf(sys, sizeof(sys), "/sys/block/loop%d/loop/backing_file", nr);
+    FILE *f = fopen(sys, "r");
+    if (f && fgets(image, sizeof(image), f)) image[strcspn(image, "\n")] = 0;
+    if (f) fclose(f);
+    printf("  /tmp is %s on loop%d\n", image, nr);
+    bool ok = nr >= 0 && access(image, F_OK) == 0 && strncmp(image, g_state, strlen(g_state)) == 0;
+    /* Nothing in the host's mount table even while it runs. */
+    ok = ok && !host_has_mount(nr, image);
+    CHECK(sandbox_destroy(sb, &e) == 0);
+    CHECK(ok);
+    CHECK(access(image, F_OK) < 0 && errno == ENOENT);
+    CHECK(!host_has_mount(nr, image));
+    /* No loop device bound to it (the pool's, refilled meanwhile, may be). */
+    int nrs[16];
+    char paths[16][512];
+    int n = loops_under(g_state, nrs, paths, 16);
+    for (int i = 0; i < n; i++) CHECK(strncmp(paths[i], image, strlen(image)) != 0);
+}
+
+/* The image file and the loop device are out of the function's reach. */
+static void test_tmp_image_unreachable(void) {
+    NEEDS_DISK_TMP();
+    char script[1024];
+    snprintf(script, sizeof(script),
+             "ls -d /dev/loop* /dev/block /dev/vd* /dev/sd* 2>/dev/null; [ -e '%s' ] && echo SEES-STATE;"
+             " n=$(find / -xdev -name '*.img' 2>/dev/null | wc -l); echo imgs=$n;"
+             " grep ' /tmp ' /proc/self/mountinfo | grep -o 'nosuid,nodev' | head -1; echo end",
+             g_state);
+    EXPECT_SH(script, "imgs=0\nnosuid,nodev\nend");
+}
+
+/* Binaries in /tmp can run (Lambda allows it). */
+static void test_exec_from_tmp(void) {
+    EXPECT_SH("cp /bin/echo /tmp/e && /tmp/e exec-binary-ok; printf '#!/bin/sh\\necho exec-script-ok\\n' > /tmp/s;"
+              " chmod +x /tmp/s && /tmp/s",
+              "exec-binary-ok\nexec-script-ok");
+}
+
+/* Creates and destroys N sandboxes (128 MB, /tmp 512 MB, running
+ * "sleep 600"); pause_ms between rounds (untimed) lets the /tmp image pool
+ * refill, 0 is a burst that drains it (images then prepared on the spot). */
+/* kill -9 recovery of /tmp images: a dead worker's images (its sandbox's,
+ * still mounted in the sandbox, and its pool's) and their loop devices are
+ * removed by the next sandbox_system_init; a live instance's are not. */
+static void test_recovery_removes_dead_tmp_images(void) {
+    NEEDS_DISK_TMP();
+    CHECK(sandbox_count() == 0);
+    pid_t w;
+    pid_t sbpid = crash_a_worker(&w);
+    CHECK(sbpid > 0);
+    char pat[256];
+    snprintf(pat, sizeof(pat), "%s/ephemeral/sbx-%d-*/img-*.img", g_state, (int)w);
+    glob_t g;
+    CHECK(glob(pat, 0, NULL, &g) == 0);
+    size_t nimg = g.gl_pathc;
+    char dead_dir[256];
+    snprintf(dead_dir, sizeof(dead_dir), "%s", g.gl_pathv[0]);
+    *strrchr(dead_dir, '/') = 0;
+    globfree(&g);
+    int nr[16];
+    char paths[16][512];
+    int nloops = loops_under(dead_dir, nr, paths, 16);
+    printf("  dead instance %s: %zu images, %d loop devices under the state dir\n", dead_dir, nimg, nloops);
+    CHECK(nimg >= 1 && nloops == 1); /* the orphaned sandbox still holds its /tmp */
+    /* Our own live instance has pool images: they must survive. */
+    char own[256];
+    snprintf(own, sizeof(own), "%s/ephemeral/sbx-%d-*", g_state, (int)getpid());
+    CHECK(glob(own, 0, NULL, &g) == 0 && g.gl_pathc == 1);
+    globfree(&g);
+    /* Restart: the cgroup sweep kills the orphan, the ephemeral sweep
+     * removes the dead instance's images and loop devices. */
+    sandbox_system_shutdown();
+    err_t e = {0};
+    CHECK(sandbox_system_init(g_init, g_state, &e) == 0);
+    struct stat st;
+    CHECK(stat(dead_dir, &st) < 0 && errno == ENOENT);
+    int left = 1;
+    for (int k = 0; k < 200 && left; k++) {
+        left = loops_under(dead_dir, nr, paths, 16);
+        for (int i = 0; i < left; i++) printf("  still bound: loop%d %s\n", nr[i], paths[i]);
+        if (left) usleep(10000);
+    }
+    CHECK(left == 0);
+    for (int k = 0; k < 500 && kill(sbpid, 0) == 0; k++) usleep(10000);
+    CHECK(kill(sbpid, 0) < 0 && errno == ESRCH);
+}
+
+static void create_destroy_benchmark(const char *label, int pause_ms) {
     char *argv[] = {"/bin/sh", "-c", "sleep 600", NULL};
     enum { N = 20 };
     double c_sum = 0, c_min = 1e9, c_max = 0, d_sum = 0;
     for (int i = 0; i < N; i++) {
+        /* Busy-wait, not sleep: an idle vCPU of this VM takes ~10 ms to
+         * get going again, which would be measured as create time. */
+        for (uint64_t until = now_mono_ms() + (uint64_t)pause_ms; now_mono_ms() < until;) {
+        }
         err_t e = {0};
         uint64_t t0 = now_mono_us();
-        sandbox_t *sb = start(argv, 128, 16, 0, &e);
+        sandbox_t *sb = start(argv, 128, 512, 0, &e);
         double c = (now_mono_us() - t0) / 1000.0;
         CHECK(sb != NULL);
         t0 = now_mono_us();
@@ -739,13 +988,15 @@ static void create_destroy_benchmark(const char *label) {
  * with 512 MB resident in the worker (the setup child shares the worker's
  * memory instead of copying its page tables, so it should not grow). */
 static void test_create_destroy_benchmark(void) {
-    create_destroy_benchmark("worker small");
+    create_destroy_benchmark("worker small", 150);
     if (check_failed_) return;
     size_t big = 512u << 20;
     char *mem = xmalloc(big);
     memset(mem, 1, big);
-    create_destroy_benchmark("worker with 512 MB resident");
+    create_destroy_benchmark("worker with 512 MB resident", 150);
     free(mem);
+    if (check_failed_) return;
+    create_destroy_benchmark("burst (pool drained)", 0);
 }
 
 int main(int argc, char **argv) {
@@ -767,16 +1018,20 @@ int main(int argc, char **argv) {
         }
     }
     g_init = init;
-    if (argc == 4 && strcmp(argv[1], "--crashed-worker") == 0) {
+    if (argc == 5 && strcmp(argv[1], "--crashed-worker") == 0) {
         snprintf(g_code, sizeof(g_code), "%s", argv[3]);
-        return crashed_worker_main(argv[2]);
+        return crashed_worker_main(argv[2], argv[4]);
     }
     err_t e = {0};
-    if (!init || sandbox_system_init(init, &e) < 0) {
+    setup_dirs();
+    /* FLICKER_TEST_TMPFS=1: no state dir, so /tmp is the tmpfs fallback
+     * (the disk-/tmp tests are skipped; the benchmark then gives the
+     * tmpfs figures to compare with). */
+    g_disk_tmp = !getenv("FLICKER_TEST_TMPFS");
+    if (!init || sandbox_system_init(init, g_disk_tmp ? g_state : NULL, &e) < 0) {
         printf("FAIL sandbox_system_init: %s\n", e.msg);
         return 1;
     }
-    setup_dirs();
     /* A hostile-ish worker environment: restrictive umask, SIGPIPE ignored,
      * a signal blocked.  None of it may leak into the jail. */
     umask(077);
@@ -835,6 +1090,13 @@ int main(int argc, char **argv) {
     RUN(test_runtime_dir_mounted_readonly);
     RUN(test_concurrent_creates_from_threads);
     RUN(test_recovery_after_worker_kill9);
+    RUN(test_tmp_is_disk_not_memory);
+    RUN(test_tmp_empty_in_new_sandbox);
+    RUN(test_tmp_survives_between_invocations);
+    RUN(test_destroy_removes_tmp_image);
+    RUN(test_tmp_image_unreachable);
+    RUN(test_exec_from_tmp);
+    RUN(test_recovery_removes_dead_tmp_images);
     RUN(test_create_destroy_benchmark);
     if (sandbox_count() != 0) printf("  leaked sandboxes: %d\n", sandbox_count());
     sandbox_system_shutdown();
