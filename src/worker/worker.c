@@ -142,7 +142,7 @@ static void table_del(worker_t *w, env_t *env)
     }
 }
 
-env_t *worker_env_find(const worker_t *w, const char *id)
+static env_t *table_get(const worker_t *w, const char *id)
 {
     if (!w->table_size || !id)
         return NULL;
@@ -151,6 +151,12 @@ env_t *worker_env_find(const worker_t *w, const char *id)
             return e;
     }
     return NULL;
+}
+
+env_t *worker_env_find(const worker_t *w, const char *id)
+{
+    env_t *e = table_get(w, id);
+    return e && !e->silent ? e : NULL;
 }
 
 bool worker_env_id_valid(const char *id)
@@ -788,7 +794,7 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
         err_set(err, EINVAL, "invalid environment id (1-%d of [A-Za-z0-9_-])", ENV_ID_MAX);
         return NULL;
     }
-    if (id && worker_env_find(w, id)) {
+    if (id && table_get(w, id)) {
         err_set(err, EEXIST, "environment %s exists", id);
         return NULL;
     }
@@ -907,7 +913,7 @@ worker_t *worker_new(struct event_base *base, const worker_config_t *cfg, err_t 
     w->cfg = *cfg;
     w->cfg.id = xstrdup(cfg->id);
     w->cfg.zone = xstrdup(cfg->zone);
-    w->cfg.runtimes_dir = xstrdup(cfg->runtimes_dir);
+    w->cfg.runtimes_dir = cfg->runtimes_dir ? xstrdup(cfg->runtimes_dir) : NULL;
     w->cfg.region = xstrdup(cfg->region);
     if (w->cfg.init_timeout_s <= 0)
         w->cfg.init_timeout_s = 10;
@@ -941,8 +947,21 @@ worker_t *env_worker(const env_t *env) { return env->w; }
 void *env_owner(const env_t *env) { return env->arg; }
 int worker_memory_used(const worker_t *w) { return w->memory_used; }
 int worker_env_count(const worker_t *w) { return w->n_envs; }
-env_t *worker_env_first(const worker_t *w) { return w->envs; }
-env_t *worker_env_next(const env_t *env) { return env->next; }
+env_t *worker_env_first(const worker_t *w)
+{
+    env_t *e = w->envs;
+    while (e && e->silent)
+        e = e->next;
+    return e;
+}
+
+env_t *worker_env_next(const env_t *env)
+{
+    env_t *e = env->next;
+    while (e && e->silent)
+        e = e->next;
+    return e;
+}
 pid_t env_pid(const env_t *env) { return env->sb ? sandbox_pid(env->sb) : 0; }
 const worker_config_t *worker_config(const worker_t *w) { return &w->cfg; }
 

@@ -41,7 +41,8 @@ enum env_state { ENV_STARTING, ENV_IDLE, ENV_BUSY, ENV_DEAD };
 typedef struct worker_config {
     const char *id;             /* e.g. "worker-1" */
     const char *zone;           /* e.g. "local-a" */
-    const char *runtimes_dir;   /* host dir mounted at /var/runtime */
+    const char *runtimes_dir;   /* host dir mounted at /var/runtime (NULL: none;
+                                   only provided runtimes work then) */
     const char *region;
     int memory_mb;              /* capacity offered for environments */
     int cpus;
@@ -99,12 +100,13 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
                             env_dead_fn dead, void *arg, err_t *err);
 /* True if id is usable as an environment id. */
 bool worker_env_id_valid(const char *id);
-/* The environment with that id, or NULL (O(1): hash table).  A destroyed
- * or dying environment is found, with env_state() == ENV_DEAD, until its
- * teardown has finished (a fresh loop iteration after it was killed). */
+/* The environment with that id, or NULL (O(1): hash table).  One that
+ * died on its own is found, with env_state() == ENV_DEAD, until its
+ * teardown has finished (a fresh loop iteration later); one given to
+ * env_destroy is not found any more (its pointer is the worker's). */
 env_t *worker_env_find(const worker_t *w, const char *id);
-/* Iteration over every environment (including dying ones); do not create
- * or tear down environments while iterating. */
+/* Iteration over the environments worker_env_find would find; do not
+ * create or destroy environments while iterating. */
 env_t *worker_env_first(const worker_t *w);
 env_t *worker_env_next(const env_t *env);
 int worker_env_count(const worker_t *w);
