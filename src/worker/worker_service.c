@@ -317,6 +317,9 @@ static void m_list(worker_service_t *ws, rpc_call_t *call)
 static void m_status(worker_service_t *ws, rpc_call_t *call)
 {
     json_t *r = worker_status(ws->w);
+    /* "id" is reserved in RPC headers: the worker's id travels as worker_id. */
+    json_object_set(r, "worker_id", json_object_get(r, "id"));
+    json_object_del(r, "id");
     json_object_set_new(r, "address", json_string(ws->address));
     json_object_set_new(r, "placement", json_string(ws->pstate == P_REGISTERED    ? "registered"
                                                     : ws->pstate == P_REGISTERING ? "registering"
