@@ -13,6 +13,10 @@
  *    only records the outcome and schedules teardown on a fresh loop
  *    iteration: callbacks and evhttp_free never run inside the evhttp
  *    callback that triggered them.
+ *  - Environments are in a list (iteration, worker_free) and a hash table
+ *    by id (worker_env_find, per warm invoke of the worker service) until
+ *    their teardown ends, so an id is never reused while its sandbox (whose
+ *    cgroups it names) still exists.
  *
  * Invariants: env->state == ENV_BUSY iff env->inv.active; a pending
  * GET /next is referenced only while its connection is open (close
