@@ -699,20 +699,37 @@ static void call_unlink_free(rpc_call_t *k)
     free(k);
 }
 
-static void reply_error_now(rpc_call_t *k, const char *code, const char *message)
+/* extra: more members for the error object (borrowed; "code"/"message"
+ * win over its own); body: the reply's body.  If that frame cannot be sent
+ * (too big), the plain error is sent instead. */
+static void reply_error_now_ex(rpc_call_t *k, const char *code, const char *message,
+                               json_t *extra, const void *body, size_t len)
 {
     rpc_conn_t *c = k->conn;
     if (c && !c->dead) {
-        json_t *e = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
+        json_t *eo = json_is_object(extra) ? json_deep_copy(extra) : json_object();
+        json_object_set_new(eo, "code", json_string(code));
+        json_object_set_new(eo, "message", json_string(message));
+        json_t *e = json_pack("{s:o}", "error", eo);
         char prefix[64];
         int n = snprintf(prefix, sizeof prefix, "{\"id\":%lld", (long long)k->id);
         const char *why;
-        if (!e || frame_put(bufferevent_get_output(c->bev), c->srv->o.max_frame, prefix,
-                            (size_t)n, e, NULL, 0, &why) < 0)
-            log_warn(ROLE, "cannot send error reply to %s", c->peer);
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        if (!e || frame_put(out, c->srv->o.max_frame, prefix, (size_t)n, e, body, len, &why) < 0) {
+            json_t *plain = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
+            if (!plain || frame_put(out, c->srv->o.max_frame, prefix, (size_t)n, plain, NULL, 0,
+                                    &why) < 0)
+                log_warn(ROLE, "cannot send error reply to %s", c->peer);
+            json_decref(plain);
+        }
         json_decref(e);
     }
     call_unlink_free(k);
+}
+
+static void reply_error_now(rpc_call_t *k, const char *code, const char *message)
+{
+    reply_error_now_ex(k, code, message, NULL, NULL, 0);
 }
 
 void rpc_reply(rpc_call_t *k, json_t *result, const void *body, size_t len)
@@ -775,6 +792,19 @@ void rpc_reply_error(rpc_call_t *k, const char *code, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     reply_error_now(k, code ? code : "InternalError", msg);
+}
+
+void rpc_reply_error_ex(rpc_call_t *k, const char *code, json_t *extra, const void *body,
+                        size_t len, const char *fmt, ...)
+{
+    if (!k)
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    reply_error_now_ex(k, code ? code : "InternalError", msg, extra, body, len);
 }
 
 bool rpc_call_alive(const rpc_call_t *k) { return k && k->conn && !k->conn->dead; }
@@ -1013,6 +1043,7 @@ static void client_dispatch(rpc_client_t *c, msg_t *m)
             r.message = msg ? msg : "";
             r.error_detail = e;
             r.result = NULL;
+            r.detail = e;
         }
         pcall_finish(c, p, &r);
     } else if (m->method && !m->has_id) {

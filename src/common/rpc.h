@@ -113,6 +113,12 @@ void rpc_reply_error_body(rpc_call_t *call, json_t *error, const void *body, siz
 /* Answers call with {"error": {"code": code, "message": formatted}}; frees it. */
 void rpc_reply_error(rpc_call_t *call, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Like rpc_reply_error, with more members for the error object (extra, an
+ * object or NULL, borrowed; its "code"/"message" are overridden) and a
+ * reply body (e.g. InitFailed: {"code","message","log_tail"} + Lambda's
+ * error JSON).  If that frame is too big, the plain error is sent. */
+void rpc_reply_error_ex(rpc_call_t *call, const char *code, json_t *extra, const void *body,
+                        size_t len, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 /* True while the call's connection is open (a reply would be delivered). */
 bool rpc_call_alive(const rpc_call_t *call);
 /* The call's connection, or NULL once it closed. */
@@ -149,6 +155,8 @@ typedef struct rpc_result {
     json_t *result;
     const void *body;
     size_t len;
+    json_t *detail;     /* a peer's error: its whole error object (code, message
+                           and any extra members; the body is in body/len); else NULL */
 } rpc_result_t;
 
 typedef void (*rpc_result_fn)(const rpc_result_t *r, void *arg);

@@ -13,6 +13,10 @@
  *    only records the outcome and schedules teardown on a fresh loop
  *    iteration: callbacks and evhttp_free never run inside the evhttp
  *    callback that triggered them.
+ *  - Environments are in a list (iteration, worker_free) and a hash table
+ *    by id (worker_env_find, per warm invoke of the worker service) until
+ *    their teardown ends, so an id is never reused while its sandbox (whose
+ *    cgroups it names) still exists.
  *
  * Invariants: env->state == ENV_BUSY iff env->inv.active; a pending
  * GET /next is referenced only while its connection is open (close
@@ -57,7 +61,8 @@ typedef struct invocation {
 struct env {
     worker_t *w;
     struct env *next, *prev;
-    char id[40];
+    struct env *hnext;       /* chain in w->table */
+    char id[ENV_ID_MAX + 1];
     char log_stream[128];
     fn_config_t *cfg;
     sandbox_t *sb;
@@ -89,10 +94,88 @@ struct worker {
     env_t *envs;
     int n_envs;
     int memory_used;
+    env_t **table;           /* id -> env (every env until its teardown ends) */
+    size_t table_size;       /* power of two */
 };
 
 static void env_kill(env_t *env, char *failure_body, char *log_line);
 static void env_go_idle(env_t *env);
+
+/* ------------------------------------------------------------ id table */
+
+static size_t id_hash(const char *id)
+{
+    size_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 1099511628211ull;
+    return h;
+}
+
+static void table_put(worker_t *w, env_t *env)
+{
+    if ((size_t)w->n_envs + 1 > w->table_size) { /* load <= 1: grow and rehash */
+        size_t n = w->table_size ? w->table_size * 2 : 64;
+        env_t **t = xcalloc(n, sizeof *t);
+        for (size_t i = 0; i < w->table_size; i++) {
+            for (env_t *e = w->table[i], *nx; e; e = nx) {
+                nx = e->hnext;
+                size_t b = id_hash(e->id) & (n - 1);
+                e->hnext = t[b];
+                t[b] = e;
+            }
+        }
+        free(w->table);
+        w->table = t;
+        w->table_size = n;
+    }
+    size_t b = id_hash(env->id) & (w->table_size - 1);
+    env->hnext = w->table[b];
+    w->table[b] = env;
+}
+
+static void table_del(worker_t *w, env_t *env)
+{
+    if (!w->table_size)
+        return;
+    for (env_t **pp = &w->table[id_hash(env->id) & (w->table_size - 1)]; *pp; pp = &(*pp)->hnext) {
+        if (*pp == env) {
+            *pp = env->hnext;
+            env->hnext = NULL;
+            return;
+        }
+    }
+}
+
+static env_t *table_get(const worker_t *w, const char *id)
+{
+    if (!w->table_size || !id)
+        return NULL;
+    for (env_t *e = w->table[id_hash(id) & (w->table_size - 1)]; e; e = e->hnext) {
+        if (!strcmp(e->id, id))
+            return e;
+    }
+    return NULL;
+}
+
+env_t *worker_env_find(const worker_t *w, const char *id)
+{
+    env_t *e = table_get(w, id);
+    return e && !e->silent ? e : NULL;
+}
+
+bool worker_env_id_valid(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+    if (n < 1 || n > ENV_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+              c == '_'))
+            return false;
+    }
+    return true;
+}
 
 /* ---------------------------------------------------------------- logs */
 
@@ -547,6 +630,7 @@ static void unlink_env(env_t *env)
         env->next->prev = env->prev;
     w->n_envs--;
     w->memory_used -= env->cfg->memory_mb;
+    table_del(w, env);
 }
 
 static void teardown(env_t *env)
@@ -704,6 +788,20 @@ static void build_env(const worker_t *w, const env_t *env, strvec_t *envp, const
 env_t *worker_env_create(worker_t *w, const fn_config_t *cfg, env_ready_fn ready, env_dead_fn dead,
                          void *arg, err_t *err)
 {
+    return worker_env_create_id(w, NULL, cfg, ready, dead, arg, err);
+}
+
+env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg, env_ready_fn ready,
+                            env_dead_fn dead, void *arg, err_t *err)
+{
+    if (id && !worker_env_id_valid(id)) {
+        err_set(err, EINVAL, "invalid environment id (1-%d of [A-Za-z0-9_-])", ENV_ID_MAX);
+        return NULL;
+    }
+    if (id && table_get(w, id)) {
+        err_set(err, EEXIST, "environment %s exists", id);
+        return NULL;
+    }
     env_t *env = xcalloc(1, sizeof *env);
     env->w = w;
     env->cfg = copy_config(cfg);
@@ -712,9 +810,13 @@ env_t *worker_env_create(worker_t *w, const fn_config_t *cfg, env_ready_fn ready
     env->arg = arg;
     env->state = ENV_STARTING;
     env->created_us = now_mono_us();
-    unsigned char rnd[16];
-    random_bytes(rnd, sizeof rnd);
-    hex_encode(rnd, 16, env->id);
+    if (id) {
+        snprintf(env->id, sizeof env->id, "%s", id);
+    } else {
+        unsigned char rnd[16];
+        random_bytes(rnd, sizeof rnd);
+        hex_encode(rnd, 16, env->id);
+    }
     char day[16];
     {
         char iso[40];
@@ -800,6 +902,7 @@ env_t *worker_env_create(worker_t *w, const fn_config_t *cfg, env_ready_fn ready
     if (w->envs)
         w->envs->prev = env;
     w->envs = env;
+    table_put(w, env);
     w->n_envs++;
     w->memory_used += cfg->memory_mb;
     return env;
@@ -814,7 +917,7 @@ worker_t *worker_new(struct event_base *base, const worker_config_t *cfg, err_t 
     w->cfg = *cfg;
     w->cfg.id = xstrdup(cfg->id);
     w->cfg.zone = xstrdup(cfg->zone);
-    w->cfg.runtimes_dir = xstrdup(cfg->runtimes_dir);
+    w->cfg.runtimes_dir = cfg->runtimes_dir ? xstrdup(cfg->runtimes_dir) : NULL;
     w->cfg.region = xstrdup(cfg->region);
     if (w->cfg.init_timeout_s <= 0)
         w->cfg.init_timeout_s = 10;
@@ -837,6 +940,7 @@ void worker_free(worker_t *w)
     free((char *)w->cfg.zone);
     free((char *)w->cfg.runtimes_dir);
     free((char *)w->cfg.region);
+    free(w->table);
     free(w);
 }
 
@@ -846,6 +950,23 @@ const char *env_id(const env_t *env) { return env->id; }
 worker_t *env_worker(const env_t *env) { return env->w; }
 void *env_owner(const env_t *env) { return env->arg; }
 int worker_memory_used(const worker_t *w) { return w->memory_used; }
+int worker_env_count(const worker_t *w) { return w->n_envs; }
+env_t *worker_env_first(const worker_t *w)
+{
+    env_t *e = w->envs;
+    while (e && e->silent)
+        e = e->next;
+    return e;
+}
+
+env_t *worker_env_next(const env_t *env)
+{
+    env_t *e = env->next;
+    while (e && e->silent)
+        e = e->next;
+    return e;
+}
+pid_t env_pid(const env_t *env) { return env->sb ? sandbox_pid(env->sb) : 0; }
 const worker_config_t *worker_config(const worker_t *w) { return &w->cfg; }
 
 json_t *worker_status(const worker_t *w)

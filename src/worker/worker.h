@@ -26,6 +26,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include "common/err.h"
 #include "store/store.h"
 #include "worker/fnlog.h"
@@ -33,12 +34,15 @@
 typedef struct worker worker_t;
 typedef struct env env_t;
 
+#define ENV_ID_MAX 39   /* environment ids: 1-39 of [A-Za-z0-9_-] (they name cgroups) */
+
 enum env_state { ENV_STARTING, ENV_IDLE, ENV_BUSY, ENV_DEAD };
 
 typedef struct worker_config {
     const char *id;             /* e.g. "worker-1" */
     const char *zone;           /* e.g. "local-a" */
-    const char *runtimes_dir;   /* host dir mounted at /var/runtime */
+    const char *runtimes_dir;   /* host dir mounted at /var/runtime (NULL: none;
+                                   only provided runtimes work then) */
     const char *region;
     int memory_mb;              /* capacity offered for environments */
     int cpus;
@@ -91,6 +95,24 @@ void worker_free(worker_t *w);
  * with err when the sandbox could not even be created. */
 env_t *worker_env_create(worker_t *w, const fn_config_t *cfg, env_ready_fn ready, env_dead_fn dead,
                          void *arg, err_t *err);
+/* The same with the caller's id for the environment (NULL: a random one,
+ * as worker_env_create).  Fails with EINVAL for an invalid id and EEXIST
+ * when an environment with that id is still in the worker (also while it
+ * is being torn down). */
+env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg, env_ready_fn ready,
+                            env_dead_fn dead, void *arg, err_t *err);
+/* True if id is usable as an environment id. */
+bool worker_env_id_valid(const char *id);
+/* The environment with that id, or NULL (O(1): hash table).  One that
+ * died on its own is found, with env_state() == ENV_DEAD, until its
+ * teardown has finished (a fresh loop iteration later); one given to
+ * env_destroy is not found any more (its pointer is the worker's). */
+env_t *worker_env_find(const worker_t *w, const char *id);
+/* Iteration over the environments worker_env_find would find; do not
+ * create or destroy environments while iterating. */
+env_t *worker_env_first(const worker_t *w);
+env_t *worker_env_next(const env_t *env);
+int worker_env_count(const worker_t *w);
 /* Hands one event to an IDLE environment.  done is called exactly once. */
 void env_invoke(env_t *env, const invoke_event_t *ev, env_done_fn done, void *arg);
 /* Destroys an environment now (any in-flight event fails).  No callbacks
@@ -103,6 +125,8 @@ const char *env_id(const env_t *env);
 worker_t *env_worker(const env_t *env);
 /* The arg given to worker_env_create (the owner's handle for this env). */
 void *env_owner(const env_t *env);
+/* Host pid of the environment's sandbox (its PID 1), 0 if none. */
+pid_t env_pid(const env_t *env);
 
 /* Capacity accounting: memory committed to environments. */
 int worker_memory_used(const worker_t *w);

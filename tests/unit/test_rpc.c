@@ -143,6 +143,10 @@ static void handler(rpc_call_t *call, const char *method, json_t *params, const 
         event_base_once(base, -1, EV_TIMEOUT, later_cb, call, &tv);
     } else if (strcmp(method, "fail") == 0) {
         rpc_reply_error(call, "Boom", "failed %d", 42);
+    } else if (strcmp(method, "fail_ex") == 0) {
+        json_t *extra = json_pack("{s:s,s:s}", "log_tail", "t\n", "code", "ignored");
+        rpc_reply_error_ex(call, "InitFailed", extra, "e\0b", 3, "failed %d", 43);
+        json_decref(extra);
     } else if (strcmp(method, "subscribe") == 0) {
         S.sub = rpc_call_conn(call);
         json_t *p = json_pack("{s:s}", "what", "hello");
@@ -191,6 +195,7 @@ typedef struct res {
     char error[64];
     char message[256];
     json_t *result;
+    json_t *detail;
     void *body;
     size_t len;
     int order;             /* completion order */
@@ -207,6 +212,8 @@ static void res_cb(const rpc_result_t *r, void *arg)
     snprintf(x->message, sizeof x->message, "%s", r->message ? r->message : "");
     if (r->result)
         x->result = json_incref(r->result);
+    if (r->detail)
+        x->detail = json_incref(r->detail);
     if (r->len) {
         x->body = xmalloc(r->len);
         memcpy(x->body, r->body, r->len);
@@ -217,6 +224,7 @@ static void res_cb(const rpc_result_t *r, void *arg)
 static void res_clear(res_t *x)
 {
     json_decref(x->result);
+    json_decref(x->detail);
     free(x->body);
     memset(x, 0, sizeof *x);
 }
@@ -293,16 +301,24 @@ static void test_peer_error(void)
     rpc_server_t *srv = server_start(unix_addr());
     CHECK(srv);
     rpc_client_t *c = rpc_client_new(base, unix_addr(), NULL, NULL);
-    res_t x, y;
+    res_t x, y, z;
     call_wait(c, "fail", NULL, NULL, 0, 0, &x);
     call_wait(c, "nosuch", NULL, NULL, 0, 0, &y);
+    call_wait(c, "fail_ex", NULL, NULL, 0, 0, &z);
     rpc_client_free(c);
     rpc_server_free(srv);
     teardown();
     CHECK(x.done == 1 && strcmp(x.error, "Boom") == 0 && strcmp(x.message, "failed 42") == 0 && !x.result);
+    CHECK(x.detail == NULL || json_object_size(x.detail) == 2);
     CHECK(y.done == 1 && strcmp(y.error, "UnknownMethod") == 0);
+    /* rpc_reply_error_ex: extra members and a body */
+    CHECK(z.done == 1 && strcmp(z.error, "InitFailed") == 0 && strcmp(z.message, "failed 43") == 0);
+    CHECK(!z.result && z.len == 3 && memcmp(z.body, "e\0b", 3) == 0);
+    CHECK(strcmp(json_string_value(json_object_get(z.detail, "log_tail")), "t\n") == 0);
+    CHECK(strcmp(json_string_value(json_object_get(z.detail, "code")), "InitFailed") == 0);
     res_clear(&x);
     res_clear(&y);
+    res_clear(&z);
 }
 
 static void test_out_of_order(void)
