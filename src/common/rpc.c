@@ -756,32 +756,6 @@ void rpc_reply(rpc_call_t *k, json_t *result, const void *body, size_t len)
     call_unlink_free(k);
 }
 
-void rpc_reply_error_body(rpc_call_t *k, json_t *error, const void *body, size_t len)
-{
-    if (!k)
-        return;
-    rpc_conn_t *c = k->conn;
-    if (c && !c->dead) {
-        if (!json_is_object(error) || !json_is_string(json_object_get(error, "code"))) {
-            reply_error_now(k, "InternalError", "bad error reply: no code");
-            return;
-        }
-        json_t *wrap = json_pack("{s:O}", "error", error);
-        char prefix[64];
-        int n = snprintf(prefix, sizeof prefix, "{\"id\":%lld", (long long)k->id);
-        const char *why = NULL;
-        int rc = frame_put(bufferevent_get_output(c->bev), c->srv->o.max_frame, prefix, (size_t)n,
-                           wrap, body, len, &why);
-        json_decref(wrap);
-        if (rc < 0) {
-            log_warn(ROLE, "error reply to %s: %s", c->peer, why);
-            reply_error_now(k, "ResponseTooLarge", why);
-            return;
-        }
-    }
-    call_unlink_free(k);
-}
-
 void rpc_reply_error(rpc_call_t *k, const char *code, const char *fmt, ...)
 {
     if (!k)
@@ -1041,7 +1015,6 @@ static void client_dispatch(rpc_client_t *c, msg_t *m)
             const char *msg = json_string_value(json_object_get(e, "message"));
             r.error = code ? code : "Error";
             r.message = msg ? msg : "";
-            r.error_detail = e;
             r.result = NULL;
             r.detail = e;
         }

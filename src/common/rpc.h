@@ -106,10 +106,6 @@ void rpc_server_free(rpc_server_t *srv);
  * the connection is gone, the reply is dropped.  A reply too big for a frame
  * or with an unserializable result is replaced by an error reply. */
 void rpc_reply(rpc_call_t *call, json_t *result, const void *body, size_t len);
-/* Answers call with an error object (must hold "code" and "message"; may
- * carry more fields) and a body (e.g. Lambda's error JSON); frees the call.
- * Takes a reference to error. */
-void rpc_reply_error_body(rpc_call_t *call, json_t *error, const void *body, size_t len);
 /* Answers call with {"error": {"code": code, "message": formatted}}; frees it. */
 void rpc_reply_error(rpc_call_t *call, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -151,7 +147,6 @@ typedef struct rpc_client rpc_client_t;
 typedef struct rpc_result {
     const char *error;
     const char *message;
-    json_t *error_detail;  /* the whole error object (may carry more fields), or NULL */
     json_t *result;
     const void *body;
     size_t len;

@@ -169,8 +169,8 @@ static void on_acquire_reply(const rpc_result_t *res, void *arg)
             deliver(p, &r, NULL);
             return;
         }
-        const char *hint = res->error_detail
-                               ? json_string_value(json_object_get(res->error_detail, "leader"))
+        const char *hint = res->detail
+                               ? json_string_value(json_object_get(res->detail, "leader"))
                                : NULL;
         int i = replica_index(rb, hint);
         if (!transport && i >= 0 && i != rb->leader) {
@@ -185,15 +185,15 @@ static void on_acquire_reply(const rpc_result_t *res, void *arg)
     acquire_result_t r = {.message = res->message};
     if (!strcmp(code, "Throttled")) {
         r.status = ACQUIRE_THROTTLED;
-        r.reason = res->error_detail ? json_string_value(json_object_get(res->error_detail, "reason"))
+        r.reason = res->detail ? json_string_value(json_object_get(res->detail, "reason"))
                                      : NULL;
         if (!r.reason)
             r.reason = "ConcurrentInvocationLimitExceeded";
         r.message = "Rate Exceeded.";
         deliver(p, &r, NULL);
     } else if (!strcmp(code, "InitFailed")) {
-        const char *tail = res->error_detail
-                               ? json_string_value(json_object_get(res->error_detail, "log_tail"))
+        const char *tail = res->detail
+                               ? json_string_value(json_object_get(res->detail, "log_tail"))
                                : NULL;
         char *body = res->len ? xstrndup(res->body, res->len)
                               : xasprintf("{\"errorType\":\"Runtime.Unknown\",\"errorMessage\":"

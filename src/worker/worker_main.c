@@ -181,7 +181,7 @@ int serve_worker_main(int argc, char **argv)
         log_error("worker", "logs: %s", err.msg);
         goto out;
     }
-    if (sandbox_system_init(init_path, &err) < 0) {
+    if (sandbox_system_init(init_path, data, &err) < 0) {
         log_error("worker", "sandboxes unavailable: %s", err.msg);
         goto out;
     }

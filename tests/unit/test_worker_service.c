@@ -507,7 +507,7 @@ int main(void)
         }
     }
     err_t err = {0};
-    if (!init || sandbox_system_init(init, &err) < 0) {
+    if (!init || sandbox_system_init(init, NULL, &err) < 0) {
         printf("FAIL sandbox_system_init: %s\n", err.msg);
         return 1;
     }
