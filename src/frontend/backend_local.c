@@ -5,22 +5,51 @@
 #include "common/util.h"
 #include "frontend/backend.h"
 
+typedef struct pending {
+    struct local_backend *lb;
+    backend_acquired_fn acquired;
+    backend_done_fn done;
+    void *arg;
+    struct pending *next, *prev;
+} pending_t;
+
 typedef struct local_backend {
     backend_t base;
     assignment_t *assignment;
     placement_t *placement;
+    pending_t *pending; /* callbacks not yet run: freed at shutdown, when
+                           environments are destroyed without callbacks */
 } local_backend_t;
 
-typedef struct pending {
-    backend_acquired_fn acquired;
-    backend_done_fn done;
-    void *arg;
-} pending_t;
+static pending_t *pending_new(local_backend_t *lb, void *arg)
+{
+    pending_t *p = xcalloc(1, sizeof *p);
+    p->lb = lb;
+    p->arg = arg;
+    p->next = lb->pending;
+    if (lb->pending)
+        lb->pending->prev = p;
+    lb->pending = p;
+    return p;
+}
+
+/* Unlinks and frees p, returning a copy of it. */
+static pending_t pending_take(pending_t *p)
+{
+    pending_t copy = *p;
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        p->lb->pending = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    free(p);
+    return copy;
+}
 
 static void on_acquired(const acquire_result_t *r, void *arg)
 {
-    pending_t p = *(pending_t *)arg;
-    free(arg);
+    pending_t p = pending_take(arg);
     backend_lease_t lease = {.env = r->env};
     if (r->env)
         snprintf(lease.env_id, sizeof lease.env_id, "%s", env_id(r->env));
@@ -31,32 +60,28 @@ static void *local_acquire(backend_t *b, const fn_config_t *cfg, int total_reser
                            backend_acquired_fn cb, void *arg)
 {
     local_backend_t *lb = (local_backend_t *)b;
-    pending_t *p = xcalloc(1, sizeof *p);
+    pending_t *p = pending_new(lb, arg);
     p->acquired = cb;
-    p->arg = arg;
     return assignment_acquire(lb->assignment, cfg, total_reserved, on_acquired, p);
 }
 
 static void local_cancel(backend_t *b, void *handle)
 {
     local_backend_t *lb = (local_backend_t *)b;
-    pending_t *p = assignment_cancel(lb->assignment, handle);
-    free(p);
+    pending_take(assignment_cancel(lb->assignment, handle));
 }
 
 static void on_done(env_t *env, const invoke_result_t *r, void *arg)
 {
-    pending_t p = *(pending_t *)arg;
-    free(arg);
+    pending_t p = pending_take(arg);
     p.done(r, env_state(env) == ENV_DEAD, p.arg);
 }
 
 static void local_invoke(backend_t *b, const backend_lease_t *lease, const fn_config_t *cfg,
                          const invoke_event_t *ev, backend_done_fn done, void *arg)
 {
-    pending_t *p = xcalloc(1, sizeof *p);
+    pending_t *p = pending_new((local_backend_t *)b, arg);
     p->done = done;
-    p->arg = arg;
     env_invoke(lease->env, ev, on_done, p);
 }
 
@@ -93,7 +118,13 @@ static void local_status(backend_t *b, json_t *status)
     json_object_set_new(status, "workers", workers);
 }
 
-static void local_free(backend_t *b) { free(b); }
+static void local_free(backend_t *b)
+{
+    local_backend_t *lb = (local_backend_t *)b;
+    while (lb->pending)
+        pending_take(lb->pending);
+    free(b);
+}
 
 static const backend_ops_t local_ops = {
     .acquire = local_acquire,
