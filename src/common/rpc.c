@@ -699,20 +699,42 @@ static void call_unlink_free(rpc_call_t *k)
     free(k);
 }
 
-static void reply_error_now(rpc_call_t *k, const char *code, const char *message)
+static void reply_error_now_ex(rpc_call_t *k, const char *code, const char *message,
+                               json_t *extra, const void *body, size_t len)
 {
     rpc_conn_t *c = k->conn;
     if (c && !c->dead) {
         json_t *e = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
+        if (e && json_is_object(extra)) {
+            const char *key;
+            json_t *v;
+            json_t *eo = json_object_get(e, "error");
+            json_object_foreach(extra, key, v)
+                if (strcmp(key, "code") && strcmp(key, "message"))
+                    json_object_set(eo, key, v);
+        }
         char prefix[64];
         int n = snprintf(prefix, sizeof prefix, "{\"id\":%lld", (long long)k->id);
         const char *why;
         if (!e || frame_put(bufferevent_get_output(c->bev), c->srv->o.max_frame, prefix,
-                            (size_t)n, e, NULL, 0, &why) < 0)
+                            (size_t)n, e, body, len, &why) < 0)
             log_warn(ROLE, "cannot send error reply to %s", c->peer);
         json_decref(e);
     }
     call_unlink_free(k);
+}
+
+static void reply_error_now(rpc_call_t *k, const char *code, const char *message)
+{
+    reply_error_now_ex(k, code, message, NULL, NULL, 0);
+}
+
+void rpc_reply_error_ex(rpc_call_t *k, const char *code, const char *message, json_t *extra,
+                        const void *body, size_t len)
+{
+    if (!k)
+        return;
+    reply_error_now_ex(k, code ? code : "InternalError", message ? message : "", extra, body, len);
 }
 
 void rpc_reply(rpc_call_t *k, json_t *result, const void *body, size_t len)
@@ -986,6 +1008,7 @@ static void client_dispatch(rpc_client_t *c, msg_t *m)
             r.error = code ? code : "Error";
             r.message = msg ? msg : "";
             r.result = NULL;
+            r.error_obj = e;
         }
         pcall_finish(c, p, &r);
     } else if (m->method && !m->has_id) {

@@ -109,6 +109,11 @@ void rpc_reply(rpc_call_t *call, json_t *result, const void *body, size_t len);
 /* Answers call with {"error": {"code": code, "message": formatted}}; frees it. */
 void rpc_reply_error(rpc_call_t *call, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Like rpc_reply_error, with extra fields merged into the error object
+ * (extra: an object or NULL, borrowed; "code"/"message" in it are ignored)
+ * and a body (for example InitFailed's error document).  Frees the call. */
+void rpc_reply_error_ex(rpc_call_t *call, const char *code, const char *message, json_t *extra,
+                        const void *body, size_t len);
 /* True while the call's connection is open (a reply would be delivered). */
 bool rpc_call_alive(const rpc_call_t *call);
 /* The call's connection, or NULL once it closed. */
@@ -144,6 +149,8 @@ typedef struct rpc_result {
     json_t *result;
     const void *body;
     size_t len;
+    json_t *error_obj;  /* on failure from the peer: its whole error object (extra
+                           fields such as "leader"), else NULL */
 } rpc_result_t;
 
 typedef void (*rpc_result_fn)(const rpc_result_t *r, void *arg);
