@@ -16,7 +16,7 @@
  * Invariants: env ids are unique; the list order is a pure function of the
  * applied records; applying a record that names an unknown env (state,
  * remove) or re-adds a known one is a no-op that returns 1 (so replaying a
- * suffix twice is harmless).  The `unreserved` and `aux` fields are the
+ * suffix twice is harmless).  The `unreserved`, `stale` and `aux` fields are the
  * owner's volatile per-replica data: never journaled or snapshotted. */
 #ifndef FLICKER_ASG_TABLE_H
 #define FLICKER_ASG_TABLE_H
@@ -31,6 +31,7 @@ typedef struct asg_env {
     int memory_mb;
     enum asg_state state;
     bool unreserved;          /* volatile (leader): holder counts in the unreserved pool */
+    bool stale;               /* volatile (leader): retired, remove when released */
     void *aux;                /* volatile: owner's data (e.g. a keep-alive timer) */
     struct asg_env *next, *prev;
 } asg_env_t;
