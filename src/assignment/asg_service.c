@@ -278,6 +278,7 @@ static void *jt_main(void *arg)
     journal_t *j = s->j;
     uint64_t next = 1, term = 0, next_renew = 0;
     bool leader = false, need_load = true;
+    char known_leader[128] = "";
     const uint64_t lease = (uint64_t)s->o.lease_ms;
     while (!stopping(s)) {
         err_t err = {0};
@@ -292,6 +293,11 @@ static void *jt_main(void *arg)
             journal_leader_t L;
             int wait_ms = 100;
             if (j->ops->leader(j, &L, &err) == 0) {
+                if (strcmp(L.id, known_leader)) {
+                    log_info(ROLE, "%s: leader is now '%s' (term %llu)", s->id, L.id,
+                             (unsigned long long)L.term);
+                    snprintf(known_leader, sizeof known_leader, "%s", L.id);
+                }
                 set_lease(s, 0, L.id);
                 if (!L.id[0] || now_wall_ms() >= L.lease_expiry_ms || !strcmp(L.id, s->addr)) {
                     uint64_t t0 = now_mono_ms(), t = 0;
