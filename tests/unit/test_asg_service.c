@@ -21,6 +21,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -185,7 +186,8 @@ static void on_sync(const rpc_result_t *r, void *arg)
         s->result = json_incref(r->result);
     }
     s->len = r->len < sizeof s->body - 1 ? r->len : sizeof s->body - 1;
-    memcpy(s->body, r->body, s->len);
+    if (s->len)
+        memcpy(s->body, r->body, s->len);
     s->body[s->len] = 0;
     event_base_loopbreak(base);
 }
@@ -345,6 +347,20 @@ static void new_prefix(char *out, size_t n)
     snprintf(out, n, "/asgtest/%d/p%d", (int)getpid(), ++prefix_seq);
 }
 
+static pid_t started[64];
+static int n_started;
+
+/* Ends replicas a failed check left running (only pids we forked). */
+static void reap_all(void)
+{
+    for (int i = 0; i < n_started; i++)
+        if (waitpid(started[i], NULL, WNOHANG) == 0) {
+            kill(started[i], SIGKILL);
+            waitpid(started[i], NULL, 0);
+        }
+    n_started = 0;
+}
+
 static int replica_start(replica_t *r, const char *prefix, const char *keep_alive,
                          const char *account)
 {
@@ -354,6 +370,7 @@ static int replica_start(replica_t *r, const char *prefix, const char *keep_aliv
     snprintf(logf, sizeof logf, "%s/replica-%d.log", cdir, (int)now_mono_us() % 100000);
     r->pid = fork();
     if (r->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test */
         int fd = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -364,6 +381,8 @@ static int replica_start(replica_t *r, const char *prefix, const char *keep_aliv
               "--account-concurrency", account, "--snapshot-every", "5", (char *)NULL);
         _exit(127);
     }
+    if (r->pid > 0 && n_started < 64)
+        started[n_started++] = r->pid;
     err_t err = {0};
     r->c = rpc_client_new(base, r->addr, NULL, &err);
     return r->pid > 0 && r->c ? 0 : -1;
@@ -395,6 +414,9 @@ static int replica_stop(replica_t *r)
 
 static void replica_kill9(replica_t *r)
 {
+    if (r->c)
+        rpc_client_free(r->c);
+    r->c = NULL;
     kill(r->pid, SIGKILL);
     waitpid(r->pid, NULL, 0);
     r->pid = 0;
@@ -749,6 +771,7 @@ int main(void)
     RUN(test_failover);
     if (getenv("ASG_KEEP_LOGS"))
         printf("# replica logs in %s (removed at exit)\n", cdir);
+    reap_all();
     rpc_server_free(W.srv);
     rpc_server_free(P);
     json_decref(W.envs);
