@@ -650,9 +650,8 @@ static void on_placement_notify(rpc_client_t *c, const char *method, json_t *par
     asg_service_t *s = arg;
     if (strcmp(method, "worker.lost") || s->role != R_LEADER)
         return;
-    const char *wid = json_string_value(json_object_get(params, "id"));
-    if (!wid)
-        wid = json_string_value(json_object_get(params, "worker_id"));
+    /* {worker_id} ("id" cannot be a notification parameter in rpc.h) */
+    const char *wid = json_string_value(json_object_get(params, "worker_id"));
     if (!wid)
         return;
     log_info(ROLE, "worker %s lost: dropping its environments", wid);

@@ -223,11 +223,20 @@ typedef struct fake_worker {
     json_t *envs;        /* env_id -> {state, config_key, function} */
     json_t *destroyed;   /* [env_id] */
     int creates;
+    rpc_conn_t *conn;    /* the replica's connection (for env.dead) */
 } fake_worker_t;
 
 static fake_worker_t W;
 static rpc_server_t *P;
 static char p_addr[64];
+static rpc_conn_t *p_conn; /* the replica's connection to placement (for worker.lost) */
+
+static void on_conn_close(rpc_conn_t *c, void *arg)
+{
+    rpc_conn_t **slot = arg;
+    if (*slot == c)
+        *slot = NULL;
+}
 
 static void worker_handler(rpc_call_t *c, const char *m, json_t *params, const void *body,
                            size_t len, void *arg)
@@ -236,6 +245,7 @@ static void worker_handler(rpc_call_t *c, const char *m, json_t *params, const v
     const char *id = jget(params, "env_id");
     if (!strcmp(m, "env.create")) {
         w->creates++;
+        w->conn = rpc_call_conn(c);
         json_t *cfg = json_object_get(params, "config");
         const char *name = jget(cfg, "name");
         if (name && !strncmp(name, "fails", 5)) {
@@ -272,6 +282,7 @@ static void worker_handler(rpc_call_t *c, const char *m, json_t *params, const v
 static void placement_handler(rpc_call_t *c, const char *m, json_t *params, const void *body,
                               size_t len, void *arg)
 {
+    p_conn = rpc_call_conn(c);
     if (!strcmp(m, "placement.pick")) {
         json_t *r = json_pack("{s:s,s:s,s:s}", "worker_id", W.id, "address", W.addr, "zone", "z1");
         rpc_reply(c, r, NULL, 0);
@@ -296,10 +307,12 @@ static int fakes_start(void)
     if (rpc_server_listen(W.srv, "tcp:127.0.0.1:0", &err) < 0)
         return -1;
     snprintf(W.addr, sizeof W.addr, "tcp:127.0.0.1:%d", rpc_server_port(W.srv));
+    rpc_server_set_close_cb(W.srv, on_conn_close, &W.conn);
     P = rpc_server_new(base, placement_handler, NULL);
     if (rpc_server_listen(P, "tcp:127.0.0.1:0", &err) < 0)
         return -1;
     snprintf(p_addr, sizeof p_addr, "tcp:127.0.0.1:%d", rpc_server_port(P));
+    rpc_server_set_close_cb(P, on_conn_close, &p_conn);
     return 0;
 }
 
@@ -580,6 +593,68 @@ static void test_leader_basics(void)
     CHECK(replica_stop(&r) == 0);
 }
 
+static int table_size(replica_t *r)
+{
+    sync_res_t x;
+    call(r->c, "asg.status", NULL, 2000, &x);
+    int n = x.result ? (int)json_array_size(json_object_get(json_object_get(x.result, "table"), "envs")) : -1;
+    res_clear(&x);
+    return n;
+}
+
+static int wait_table_size(replica_t *r, int n, int ms)
+{
+    uint64_t end = now_mono_ms() + (uint64_t)ms;
+    while (now_mono_ms() < end) {
+        if (table_size(r) == n)
+            return 0;
+        loop_for(50);
+    }
+    return -1;
+}
+
+/* env.dead from the worker and worker.lost from placement drop envs. */
+static void test_dead_and_lost(void)
+{
+    char p[64];
+    new_prefix(p, sizeof p);
+    fakes_reset();
+    replica_t r = {0};
+    CHECK(replica_start(&r, p, "60", "100") == 0);
+    CHECK(wait_leader(&r, 1, 15000) == 0);
+    sync_res_t a, x;
+    acquire(&r, "fd", -1, 0, &a);
+    CHECK(a.result && W.conn);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jget(a.result, "env_id"));
+    res_clear(&a);
+    release(&r, id, false, &x);
+    res_clear(&x);
+    CHECK(table_size(&r) == 1);
+    json_t *n = json_pack("{s:s}", "env_id", id);
+    CHECK(rpc_conn_notify(W.conn, "env.dead", n, NULL, 0, NULL) == 0);
+    json_decref(n);
+    CHECK(wait_table_size(&r, 0, 5000) == 0);
+
+    acquire(&r, "fd", -1, 0, &a); /* a new one, busy */
+    CHECK(a.result && json_is_true(json_object_get(a.result, "cold")));
+    snprintf(id, sizeof id, "%s", jget(a.result, "env_id"));
+    res_clear(&a);
+    CHECK(p_conn);
+    n = json_pack("{s:s}", "worker_id", "w1"); /* "id" is reserved in RPC params */
+    err_t nerr = {0};
+    int nrc = rpc_conn_notify(p_conn, "worker.lost", n, NULL, 0, &nerr);
+    if (nrc < 0)
+        printf("  notify: %s\n", nerr.msg);
+    CHECK(nrc == 0);
+    json_decref(n);
+    CHECK(wait_table_size(&r, 0, 5000) == 0);
+    release(&r, id, false, &x); /* the holder's release of a dropped env: {} */
+    CHECK(x.done && !x.error[0]);
+    res_clear(&x);
+    CHECK(replica_stop(&r) == 0);
+}
+
 static void test_not_leader_and_failover_once(int run, double *takeover_ms, int *ok)
 {
     char p[64];
@@ -767,6 +842,7 @@ int main(void)
     }
     RUN(test_leader_basics);
     RUN(test_reconcile);
+    RUN(test_dead_and_lost);
     RUN(test_sigterm_hands_over);
     RUN(test_failover);
     if (getenv("ASG_KEEP_LOGS"))
