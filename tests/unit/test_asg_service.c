@@ -15,7 +15,8 @@
  * The etcd members run with --election-timeout 500 (via an ETCD wrapper
  * script) so etcd accepts 1 s leases; ASG_ETCD_DEFAULTS=1 keeps etcd's
  * defaults (minimum lease 2 s).  ASG_FAILOVER_RUNS=N sets how many
- * takeovers are measured (default 3). */
+ * takeovers are measured (default 3); ASG_LOG_DIR=DIR keeps the replicas'
+ * logs (replica-N.log) there. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -380,7 +381,9 @@ static int replica_start(replica_t *r, const char *prefix, const char *keep_aliv
     snprintf(r->addr, sizeof r->addr, "tcp:127.0.0.1:%d", free_port());
     char spec[700], logf[PATH_MAX + 32];
     snprintf(spec, sizeof spec, "etcd:%s;prefix=%s", eps, prefix);
-    snprintf(logf, sizeof logf, "%s/replica-%d.log", cdir, (int)now_mono_us() % 100000);
+    static int seq;
+    const char *ld = getenv("ASG_LOG_DIR"); /* kept after the test; default: the temp dir */
+    snprintf(logf, sizeof logf, "%s/replica-%d.log", ld ? ld : cdir, ++seq);
     r->pid = fork();
     if (r->pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test */
@@ -727,6 +730,18 @@ static void test_not_leader_and_failover_once(int run, double *takeover_ms, int 
     res_clear(&x);
     res_clear(&a);
     CHECK(replica_stop(&rs[1]) == 0);
+    /* --snapshot-every 5: the journal holds a snapshot (and the follower
+     * loaded the log across it) */
+    err_t err = {0};
+    journal_t *j = journal_etcd_open(eps, p, &err);
+    CHECK(j);
+    uint64_t upto = 0;
+    void *data = NULL;
+    size_t len = 0;
+    int has = j->ops->load_snapshot(j, &upto, &data, &len, &err);
+    free(data);
+    journal_close(j);
+    CHECK(has == 1 && upto >= 5);
     *ok = 1;
 }
 
@@ -765,6 +780,45 @@ static void test_sigterm_hands_over(void)
     CHECK(wait_leader(&rs[1], 1, 15000) == 0);
     printf("# SIGTERM of the leader (resign) -> follower is leader: %llu ms\n",
            (unsigned long long)(now_mono_ms() - t0));
+    CHECK(replica_stop(&rs[1]) == 0);
+}
+
+/* A leader paused past its lease (SIGSTOP) is replaced; resumed, it must
+ * not hand anything out (NotLeader naming the new leader) and becomes a
+ * follower with the new leader's table. */
+static void test_paused_leader(void)
+{
+    char p[64];
+    new_prefix(p, sizeof p);
+    fakes_reset();
+    replica_t rs[2] = {{0}, {0}};
+    CHECK(replica_start(&rs[0], p, "60", "100") == 0);
+    CHECK(wait_leader(rs, 1, 15000) == 0);
+    CHECK(replica_start(&rs[1], p, "60", "100") == 0);
+    CHECK(wait_knows_leader(&rs[1], rs[0].addr, 10000) == 0);
+    sync_res_t a, x;
+    acquire(&rs[0], "fp", -1, 0, &a);
+    CHECK(a.result);
+    char id[64];
+    snprintf(id, sizeof id, "%s", jget(a.result, "env_id"));
+    res_clear(&a);
+    release(&rs[0], id, false, &x);
+    res_clear(&x);
+    kill(rs[0].pid, SIGSTOP);
+    CHECK(wait_leader(&rs[1], 1, 15000) == 0);
+    kill(rs[0].pid, SIGCONT);
+    acquire(&rs[0], "fp", -1, 0, &x); /* at once: the old leader's lease is over */
+    CHECK_STR(x.error, "NotLeader");
+    res_clear(&x);
+    CHECK(wait_knows_leader(&rs[0], rs[1].addr, 10000) == 0);
+    acquire(&rs[0], "fp", -1, 0, &x);
+    CHECK_STR(x.error, "NotLeader");
+    CHECK_STR(jget(x.error_obj, "leader"), rs[1].addr);
+    res_clear(&x);
+    acquire(&rs[1], "fp", -1, 0, &a); /* the new leader hands the idle env out warm */
+    CHECK(a.result && !strcmp(jget(a.result, "env_id"), id));
+    res_clear(&a);
+    CHECK(replica_stop(&rs[0]) == 0);
     CHECK(replica_stop(&rs[1]) == 0);
 }
 
@@ -844,6 +898,7 @@ int main(void)
     RUN(test_reconcile);
     RUN(test_dead_and_lost);
     RUN(test_sigterm_hands_over);
+    RUN(test_paused_leader);
     RUN(test_failover);
     if (getenv("ASG_KEEP_LOGS"))
         printf("# replica logs in %s (removed at exit)\n", cdir);
