@@ -319,6 +319,10 @@ static void *jt_main(void *arg)
                         continue;
                     } else if (r < 0) {
                         log_warn(ROLE, "campaign: %s", err.msg);
+                    } else {
+                        /* past its expiry by our clock but still held: the
+                         * journal is about to drop it; poll closely */
+                        wait_ms = 20;
                     }
                 } else {
                     uint64_t left = L.lease_expiry_ms - now_wall_ms();
