@@ -5,7 +5,9 @@
  * event loop).  Prints SKIP when etcd is absent.
  *
  * Covers: cold and warm acquire, release, throttling (reserved and
- * unreserved pools), init failure, keep-alive destroy, NotLeader from a
+ * unreserved pools), concurrent acquires (every holder its own env),
+ * env.dead and worker.lost, a paused leader that must not serve once
+ * resumed, init failure, keep-alive destroy, NotLeader from a
  * follower with the leader's address, failover (kill -9 of the leader: the
  * follower takes over with the full table and hands the previously idle env
  * out warm; the takeover time is measured and printed, never asserted),
@@ -596,6 +598,51 @@ static void test_leader_basics(void)
     CHECK(replica_stop(&r) == 0);
 }
 
+static int table_size(replica_t *r);
+
+/* Many acquires at once: every holder gets its own env (warm ones first). */
+static void test_concurrent_acquires(void)
+{
+    char p[64];
+    new_prefix(p, sizeof p);
+    fakes_reset();
+    replica_t r = {0};
+    CHECK(replica_start(&r, p, "60", "100") == 0);
+    CHECK(wait_leader(&r, 1, 15000) == 0);
+    enum { N = 12, WARM = 3 };
+    static sync_res_t res[N];
+    for (int round = 0; round < 2; round++) {
+        int n = round == 0 ? WARM : N;
+        for (int i = 0; i < n; i++) {
+            memset(&res[i], 0, sizeof res[i]);
+            json_t *pa = json_pack("{s:o,s:i}", "config", config("fc", -1), "total_reserved", 0);
+            CHECK(rpc_call(r.c, "asg.acquire", pa, NULL, 0, 10000, on_sync, &res[i]) == 0);
+            json_decref(pa);
+        }
+        uint64_t end = now_mono_ms() + 15000;
+        for (int i = 0; i < n; i++)
+            while (!res[i].done && now_mono_ms() < end)
+                loop_for(20);
+        int warm = 0;
+        for (int i = 0; i < n; i++) {
+            CHECK(res[i].result);
+            warm += json_is_false(json_object_get(res[i].result, "cold"));
+            for (int k = 0; k < i; k++)
+                CHECK(strcmp(jget(res[i].result, "env_id"), jget(res[k].result, "env_id")));
+        }
+        CHECK(warm == (round == 0 ? 0 : WARM));
+        for (int i = 0; i < n; i++) {
+            sync_res_t x;
+            release(&r, jget(res[i].result, "env_id"), false, &x);
+            CHECK(!x.error[0]);
+            res_clear(&x);
+            res_clear(&res[i]);
+        }
+    }
+    CHECK(table_size(&r) == N);
+    CHECK(replica_stop(&r) == 0);
+}
+
 static int table_size(replica_t *r)
 {
     sync_res_t x;
@@ -897,6 +944,7 @@ int main(void)
     RUN(test_leader_basics);
     RUN(test_reconcile);
     RUN(test_dead_and_lost);
+    RUN(test_concurrent_acquires);
     RUN(test_sigterm_hands_over);
     RUN(test_paused_leader);
     RUN(test_failover);
