@@ -101,6 +101,19 @@ static void count_add(assignment_t *a, const char *name, bool unreserved, int de
     }
 }
 
+const char *assignment_throttle_reason(int reserved_concurrency, int fn_in_flight,
+                                       int unreserved_in_flight, int account_concurrency,
+                                       int total_reserved)
+{
+    /* Reserved functions have their own pool, the rest share what the
+     * account has not reserved. */
+    if (reserved_concurrency >= 0)
+        return fn_in_flight >= reserved_concurrency
+                   ? "ReservedFunctionConcurrentInvocationLimitExceeded" : NULL;
+    return unreserved_in_flight >= account_concurrency - total_reserved
+               ? "ConcurrentInvocationLimitExceeded" : NULL;
+}
+
 /* ------------------------------------------------------------ slots */
 
 static void slot_unlink(slot_t *s)
@@ -247,18 +260,12 @@ acquire_t *assignment_acquire(assignment_t *a, const fn_config_t *cfg, int total
 
     /* Concurrency limits: reserved functions have their own pool, the rest
      * share what the account has not reserved. */
-    if (!acq->unreserved) {
-        fn_count_t *c = count_of(a, cfg->name, false);
-        if ((c ? c->n : 0) >= cfg->reserved_concurrency) {
-            acquire_result_t r = {.status = ACQUIRE_THROTTLED,
-                                  .reason = "ReservedFunctionConcurrentInvocationLimitExceeded",
-                                  .message = "Rate Exceeded."};
-            defer(acq, &r);
-            return acq;
-        }
-    } else if (a->unreserved_in_flight >= a->cfg.account_concurrency - total_reserved) {
-        acquire_result_t r = {.status = ACQUIRE_THROTTLED,
-                              .reason = "ConcurrentInvocationLimitExceeded",
+    fn_count_t *c = count_of(a, cfg->name, false);
+    const char *reason = assignment_throttle_reason(cfg->reserved_concurrency, c ? c->n : 0,
+                                                    a->unreserved_in_flight,
+                                                    a->cfg.account_concurrency, total_reserved);
+    if (reason) {
+        acquire_result_t r = {.status = ACQUIRE_THROTTLED, .reason = reason,
                               .message = "Rate Exceeded."};
         defer(acq, &r);
         return acq;

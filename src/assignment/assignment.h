@@ -75,6 +75,15 @@ void assignment_release(assignment_t *a, env_t *env);
 void assignment_function_changed(assignment_t *a, const char *name,
                                  bool (*still_current)(const fn_config_t *cfg, void *arg), void *arg);
 
+/* The throttling rule, shared with the assignment service: NULL when one
+ * more invocation may start, else Lambda's Reason.  A function with
+ * reserved_concurrency >= 0 is limited to that many in flight
+ * (fn_in_flight); the others share account_concurrency - total_reserved
+ * (unreserved_in_flight counts them).  Pure. */
+const char *assignment_throttle_reason(int reserved_concurrency, int fn_in_flight,
+                                       int unreserved_in_flight, int account_concurrency,
+                                       int total_reserved);
+
 /* In-flight count for the account / for a function name. */
 int assignment_in_flight(const assignment_t *a);
 int assignment_in_flight_of(const assignment_t *a, const char *name);
