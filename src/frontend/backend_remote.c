@@ -270,6 +270,10 @@ static void on_invoke_reply(const rpc_result_t *res, void *arg)
     if (res->error) {
         r.status = INVOKE_FAILED;
         r.system_error = true;
+        /* The worker no longer has it (restarted, reconciled away) or never
+         * got the request: the function did not run. */
+        r.not_delivered = !strcmp(res->error, "UnknownEnvironment") ||
+                          !strcmp(res->error, "Busy") || !strcmp(res->error, RPC_UNREACHABLE);
         owned = xasprintf("The execution environment's worker failed during the invocation "
                           "(%s: %s); retry the request", res->error, res->message ? res->message : "");
         r.body = owned;

@@ -35,6 +35,7 @@
 #define ASYNC_PAYLOAD_LIMIT 1048576    /* Event payload (Lambda: 1 MB since 2025) */
 #define ASYNC_MAX_RUNNING 64           /* events dispatched at once */
 #define ASYNC_BACKOFF_MAX_MS (5 * 60 * 1000)
+#define MAX_REDELIVERIES 3
 
 /* ASYNC_THROTTLED also covers system errors: both retry with backoff. */
 enum async_outcome { ASYNC_SUCCESS, ASYNC_FUNCTION_ERROR, ASYNC_THROTTLED };
@@ -53,6 +54,7 @@ typedef struct invocation {
     backend_lease_t lease;        /* while the event runs */
     bool leased;
     async_event_t *async;         /* set for an Event invocation from the queue */
+    int redeliveries;             /* stale environments skipped (see on_invoke_done) */
     struct invocation *next, *prev;
 } invocation_t;
 
@@ -187,9 +189,22 @@ static void reply_result(invocation_t *inv, const invoke_result_t *r, bool faile
     evbuffer_free(out);
 }
 
+static void on_acquired(const acquire_result_t *r, const backend_lease_t *lease, void *arg);
+
 static void on_invoke_done(const invoke_result_t *r, bool env_dead, void *arg)
 {
     invocation_t *inv = arg;
+    if (r->system_error && r->not_delivered && inv->redeliveries < MAX_REDELIVERIES) {
+        /* A stale environment (its worker restarted): the function never
+         * saw the event, so get another environment and try again. */
+        inv->redeliveries++;
+        inv->fe->backend->ops->release(inv->fe->backend, &inv->lease, true);
+        inv->leased = false;
+        inv->acquire = inv->fe->backend->ops->acquire(inv->fe->backend, inv->cfg,
+                                                      store_total_reserved(inv->fe->store),
+                                                      on_acquired, inv);
+        return;
+    }
     if (r->system_error) {
         if (inv->req) {
             evhttp_connection_set_closecb(evhttp_request_get_connection(inv->req), NULL, NULL);

@@ -57,6 +57,7 @@ typedef struct supervisor {
     uint64_t stop_deadline_ms;
     struct event *stop_timer;
     int unclean;
+    bool fatal;              /* a role failed its first start: give up */
 } supervisor_t;
 
 static void add_arg(role_t *r, const char *a)
@@ -109,6 +110,7 @@ static int start_role(supervisor_t *s, role_t *r)
 static void on_restart(evutil_socket_t fd, short what, void *arg);
 
 static void stop_next(supervisor_t *s);
+static void begin_stop(supervisor_t *s, const char *why);
 
 static void on_child(evutil_socket_t sig, short what, void *arg)
 {
@@ -130,6 +132,15 @@ static void on_child(evutil_socket_t sig, short what, void *arg)
                     log_warn("up", "%s stopped uncleanly (status %d)", r->name, status);
                 }
                 stop_next(s);
+                break;
+            }
+            if (r->restarts == 0 && WIFEXITED(status) && WEXITSTATUS(status) != 0 &&
+                now_mono_ms() - r->started_ms < 3000) {
+                /* It never got going (bad flag, address in use, ...):
+                 * restarting would only repeat that. */
+                log_error("up", "%s failed to start (status %d): stopping", r->name, status);
+                s->fatal = true;
+                begin_stop(s, "a role failed to start");
                 break;
             }
             log_warn("up", "%s (pid %d) exited (%s %d); restarting in %d ms", r->name, (int)pid,
@@ -189,17 +200,21 @@ static void on_stop_timer(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
+static void begin_stop(supervisor_t *s, const char *why)
 {
-    supervisor_t *s = arg;
     if (s->stopping)
         return;
     s->stopping = true;
-    log_info("up", "%s: stopping every role", strsignal((int)sig));
+    log_info("up", "%s: stopping every role", why);
     for (int i = 0; i < s->n_roles; i++)
         evtimer_del(s->roles[i].restart);
     s->stop_index = s->n_roles - 1;
     stop_next(s);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    begin_stop(arg, strsignal((int)sig));
 }
 
 int supervise_main(const char *host, int port, const char *data_arg, bool no_auth, int keep_alive_s,
@@ -294,7 +309,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     add_arg(r, "serve");
     add_arg(r, "frontend");
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--split"))
+        if (!strcmp(argv[i], "--split") || !strcmp(argv[i], "--embedded"))
             continue;
         if (!strcmp(argv[i], "--workers") || !strcmp(argv[i], "--data")) {
             i++;
@@ -351,5 +366,5 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     free(journal_dir);
     close(lock_fd);
     log_info("up", "stopped%s", s.unclean ? " (some roles did not stop cleanly)" : "");
-    return s.unclean ? 1 : 0;
+    return s.unclean || s.fatal ? 1 : 0;
 }

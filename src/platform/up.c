@@ -75,6 +75,9 @@ static void usage(void)
            "  --region REGION           region in ARNs (default us-east-1)\n"
            "  --grace SECONDS           on stop, wait this long for in-flight invokes (default 5)\n"
            "  --async-retry-delays A,B  Event retry delays after function errors (default 60,120)\n"
+           "  --embedded                every role in this one process (default: one\n"
+           "                            supervised process per role, as --split)\n"
+           "  --workers N               worker processes (default 1)\n"
            "  --verbose                 debug logging\n");
 }
 
@@ -218,6 +221,7 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
         {"verbose", no_argument, 0, 'v'},        {"help", no_argument, 0, 'h'},
         {"async-retry-delays", required_argument, 0, 'R'},
         {"split", no_argument, 0, 'S'},          {"workers", required_argument, 0, 'W'},
+        {"embedded", no_argument, 0, 'E'},
         {"assignment", required_argument, 0, 'A'}, {"placement", required_argument, 0, 'P'},
         {0, 0, 0, 0},
     };
@@ -239,6 +243,7 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
         case 'g': o->grace_s = atoi(optarg); break;
         case 'v': log_set_level(LOG_DEBUG); break;
         case 'S': o->split = true; break;
+        case 'E': o->split = false; break;
         case 'W': o->workers = atoi(optarg); break;
         case 'A': o->assignment = optarg; break;
         case 'P': o->placement = optarg; break;
@@ -275,6 +280,7 @@ static int run(up_options_t o);
 int up_main(int argc, char **argv)
 {
     up_options_t o = default_options;
+    o.split = true; /* one process per role unless --embedded */
     int rc = parse_options(argc, argv, &o, "flicker up");
     if (rc >= 0)
         return rc;

@@ -474,7 +474,9 @@ static void reap_tree(const char *dir, bool v2) {
 
 void cgroup_root_reap_stale(cgroup_root_t *root) {
     bool v2 = root->ops == &cgroup_v2_ops;
-    for (int i = 0; i < root->ndirs; i++) {
+    /* Last hierarchy first: on v1 that is the freezer, and a frozen task
+     * only dies of SIGKILL once thawed; after that the others are empty. */
+    for (int i = root->ndirs - 1; i >= 0; i--) {
         DIR *d = opendir(root->base[i]);
         if (!d) continue;
         struct dirent *e;

@@ -4,6 +4,7 @@
 #include "worker/fnlog.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,10 +145,24 @@ void fnlog_append(fnlog_dir_t *logs, const char *name, const void *data, size_t 
     }
 }
 
+/* Where the current file starts and how long it is, read from disk: the
+ * writer may be another process (a worker, with the frontend reading). */
+static bool current_extent(fnlog_dir_t *logs, const char *name, uint64_t *base, uint64_t *size)
+{
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s.log", logs->dir, name);
+    if (stat(path, &st) < 0)
+        return false;
+    *base = read_base(logs, name);
+    *size = (uint64_t)st.st_size;
+    return true;
+}
+
 uint64_t fnlog_end(fnlog_dir_t *logs, const char *name)
 {
-    open_log_t *l = get_log(logs, name, 0);
-    return l ? l->base + l->size : 0;
+    uint64_t base, size;
+    return current_extent(logs, name, &base, &size) ? base + size : 0;
 }
 
 static char *read_range(const char *path, uint64_t from, size_t max, size_t *len)
@@ -170,8 +185,8 @@ static char *read_range(const char *path, uint64_t from, size_t max, size_t *len
 char *fnlog_read(fnlog_dir_t *logs, const char *name, uint64_t *offset, size_t max, size_t *len)
 {
     *len = 0;
-    open_log_t *l = get_log(logs, name, 0);
-    if (!l)
+    open_log_t cur = {0}, *l = &cur;
+    if (!current_extent(logs, name, &cur.base, &cur.size))
         return NULL;
     char path[4096], old[4200];
     snprintf(path, sizeof path, "%s/%s.log", logs->dir, name);

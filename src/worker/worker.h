@@ -67,6 +67,8 @@ typedef struct invoke_result {
     bool system_error;      /* the platform failed (e.g. the worker was lost), not the
                                function: a retryable ServiceException for the caller;
                                body then holds a plain message */
+    bool not_delivered;     /* with system_error: the event never reached the
+                               function (stale environment), so retrying is safe */
 } invoke_result_t;
 
 typedef struct invoke_event {

@@ -118,6 +118,16 @@ def wait_until(pred, timeout, interval=0.2, what="condition"):
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def is_role_process(pid):
+    """True for flicker's own processes (`flicker up`, `flicker serve ROLE`),
+    as opposed to sandbox processes, which run runtimes and functions."""
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        return False
+    return len(argv) > 1 and argv[0].endswith(b"/flicker") and argv[1] in (b"up", b"serve")
+
+
 def pid_alive(pid):
     """True when pid exists and is not a zombie."""
     try:
