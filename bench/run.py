@@ -196,6 +196,33 @@ def idle_memory(port, name, n):
     return len(envs), usages
 
 
+def start_server(build, mode, data_root):
+    port = free_port()
+    data = os.path.join(data_root, mode)
+    env = dict(os.environ, FLICKER_ACCESS_KEY_ID=AKID, FLICKER_SECRET_ACCESS_KEY=SECRET)
+    log = open(os.path.join(data_root, mode + ".log"), "w")
+    args = [os.path.join(build, "flicker"), "up", "--listen", "127.0.0.1:%d" % port, "--data", data]
+    if mode == "embedded":
+        args.append("--embedded")
+    srv = subprocess.Popen(args, env=env, stdout=log, stderr=log)
+    for _ in range(400):
+        try:
+            Client(port).request("GET", "/flicker/health")
+            break
+        except OSError:
+            time.sleep(0.05)
+    return srv, port
+
+
+def front_pid(srv):
+    """The process that serves HTTP: the frontend child in split mode."""
+    for line in subprocess.run(["pgrep", "-P", str(srv.pid), "-a"], capture_output=True,
+                               text=True).stdout.splitlines():
+        if "serve frontend" in line:
+            return int(line.split()[0])
+    return srv.pid
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -203,61 +230,72 @@ def main():
     ap.add_argument("--cold", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=5)
     args = ap.parse_args()
-    port = free_port()
-    data = tempfile.mkdtemp(prefix="flicker-bench-")
-    env = dict(os.environ, FLICKER_ACCESS_KEY_ID=AKID, FLICKER_SECRET_ACCESS_KEY=SECRET)
-    log = open(os.path.join(data, "server.log"), "w")
-    srv = subprocess.Popen([os.path.join(args.build, "flicker"), "up", "--listen",
-                            "127.0.0.1:%d" % port, "--data", os.path.join(data, "d")],
-                           env=env, stdout=log, stderr=log)
+    data_root = tempfile.mkdtemp(prefix="flicker-bench-")
+    servers = {}
     try:
-        for _ in range(200):
-            try:
-                Client(port).request("GET", "/flicker/health")
-                break
-            except OSError:
-                time.sleep(0.05)
-        c = Client(port)
-        for kind in FUNCTIONS:
-            create(c, "bench-" + kind, kind)
+        for mode in ("split", "embedded"):
+            servers[mode] = start_server(args.build, mode, data_root)
+            c = Client(servers[mode][1])
+            for kind in FUNCTIONS:
+                create(c, "bench-" + kind, kind)
         out = []
         out.append("Machine: %s, %d CPUs, %s; build %s; %s" % (
             platform.node(), os.cpu_count(), platform.platform(), args.build,
             time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())))
         out.append("Command: `make bench` (`/usr/bin/python3 bench/run.py --build %s`)\n" % args.build)
-        bare, warm = bench_latency(port, "bench-provided", args.samples)
+        # Warm path, both modes and the bare round trip interleaved.
+        clients = {m: Client(p) for m, (_, p) in servers.items()}
+        for m, c in clients.items():
+            for _ in range(50):
+                invoke(c, "bench-provided")
+        bare, warm = [], {m: [] for m in clients}
+        for _ in range(args.samples):
+            t = time.perf_counter()
+            clients["embedded"].request("GET", "/flicker/health")
+            bare.append((time.perf_counter() - t) * 1e6)
+            for m, c in clients.items():
+                t = time.perf_counter()
+                invoke(c, "bench-provided")
+                warm[m].append((time.perf_counter() - t) * 1e6)
         out.append("| warm path (%d samples, interleaved) | p50 µs | p90 µs | p99 µs |" % args.samples)
         out.append("|---|---|---|---|")
         out.append("| bare signed HTTP round trip (GET /flicker/health) | %.0f | %.0f | %.0f |" %
                    (pct(bare, .5), pct(bare, .9), pct(bare, .99)))
-        out.append("| warm invoke, provided runtime | %.0f | %.0f | %.0f |" %
-                   (pct(warm, .5), pct(warm, .9), pct(warm, .99)))
-        out.append("| **added by the invoke path** | **%.0f** | | |\n" % (pct(warm, .5) - pct(bare, .5)))
-        out.append("| concurrency | invokes/s (warm, provided) | daemon CPU µs per invoke |")
-        out.append("|---|---|---|")
-        for conc in (1, 8, 32):
-            cpu0 = daemon_cpu_s(srv.pid)
-            rate = bench_throughput(port, "bench-provided", conc, args.seconds)
-            cpu = daemon_cpu_s(srv.pid) - cpu0
-            out.append("| %d | %.0f | %.0f |" % (conc, rate, cpu * 1e6 / max(1, rate * args.seconds)))
+        for m in ("embedded", "split"):
+            out.append("| warm invoke, provided runtime, %s | %.0f | %.0f | %.0f |" %
+                       (m, pct(warm[m], .5), pct(warm[m], .9), pct(warm[m], .99)))
+        out.append("| **split minus embedded (p50)** | **%.0f** | | |\n" %
+                   (pct(warm["split"], .5) - pct(warm["embedded"], .5)))
+        out.append("| mode | concurrency | invokes/s (warm, provided) | frontend CPU µs per invoke |")
+        out.append("|---|---|---|---|")
+        for m in ("embedded", "split"):
+            srv, port = servers[m]
+            pid = front_pid(srv)
+            for conc in (1, 8, 32):
+                cpu0 = daemon_cpu_s(pid)
+                rate = bench_throughput(port, "bench-provided", conc, args.seconds)
+                cpu = daemon_cpu_s(pid) - cpu0
+                out.append("| %s | %d | %.0f | %.0f |" % (m, conc, rate, cpu * 1e6 / max(1, rate * args.seconds)))
         out.append("")
-        out.append("| runtime | cold start p50 ms | p90 ms | (n=%d) |" % args.cold)
+        out.append("| runtime | cold start p50 ms, embedded | p50 ms, split | (n=%d each) |" % args.cold)
         out.append("|---|---|---|---|")
         for kind in FUNCTIONS:
-            t = bench_cold(port, "bench-" + kind, args.cold)
-            out.append("| %s | %.1f | %.1f | |" % (kind, pct(t, .5), pct(t, .9)))
-        n, usages = idle_memory(port, "bench-python", 20)
+            e = bench_cold(servers["embedded"][1], "bench-" + kind, args.cold)
+            sp = bench_cold(servers["split"][1], "bench-" + kind, args.cold)
+            out.append("| %s | %.1f | %.1f | |" % (kind, pct(e, .5), pct(sp, .5)))
+        n, usages = idle_memory(servers["embedded"][1], "bench-python", 20)
         if usages:
             out.append("\nIdle python environments: %d; cgroup memory each: median %.1f MiB "
                        "(includes the interpreter's own pages)" % (n, statistics.median(usages) / 2**20))
         print("\n".join(out))
     finally:
-        srv.send_signal(signal.SIGTERM)
-        try:
-            srv.wait(30)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-        shutil.rmtree(data, ignore_errors=True)
+        for srv, _ in servers.values():
+            srv.send_signal(signal.SIGTERM)
+            try:
+                srv.wait(60)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+        shutil.rmtree(data_root, ignore_errors=True)
 
 
 if __name__ == "__main__":
