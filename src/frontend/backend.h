@@ -63,7 +63,8 @@ backend_t *backend_local_new(assignment_t *assignment, placement_t *placement);
 
 /* The distributed backend: assignment replicas at the comma-separated RPC
  * addresses (any order: the leader is found and followed), and placement
- * at placement_address (for status; may be NULL). */
+ * at placement_address (for status; may be NULL); data_dir (may be NULL)
+ * is where `flicker up` lists its role processes (run/roles.json). */
 backend_t *backend_remote_new(struct event_base *base, const char *assignment_addresses,
-                              const char *placement_address, err_t *err);
+                              const char *placement_address, const char *data_dir, err_t *err);
 #endif

@@ -47,6 +47,7 @@ typedef struct remote_backend {
     json_t *fleet_status;       /* last placement.status */
     struct event *status_timer;
     struct pending_acquire *pending; /* every acquire not yet finished */
+    char *roles_path;           /* DATA/run/roles.json written by `flicker up` */
 } remote_backend_t;
 
 typedef struct pending_acquire {
@@ -402,6 +403,15 @@ static void remote_status(backend_t *b, json_t *status)
     json_object_set_new(status, "assignment", asg);
     json_object_set_new(status, "placement",
                         rb->fleet_status ? json_deep_copy(rb->fleet_status) : json_object());
+    /* The supervisor's view of the role processes (flicker up), if any. */
+    if (rb->roles_path) {
+        json_t *roles = json_load_file(rb->roles_path, 0, NULL);
+        if (roles) {
+            json_object_set(status, "roles", json_object_get(roles, "roles"));
+            json_object_set(status, "supervisor_pid", json_object_get(roles, "supervisor_pid"));
+            json_decref(roles);
+        }
+    }
 }
 
 static void remote_free(backend_t *b)
@@ -425,6 +435,7 @@ static void remote_free(backend_t *b)
     while (rb->pending) /* those waiting on a retry timer */
         acquire_free(rb->pending);
     free(rb->placement_address);
+    free(rb->roles_path);
     if (rb->status_timer)
         event_free(rb->status_timer);
     json_decref(rb->asg_status);
@@ -443,9 +454,11 @@ static const backend_ops_t remote_ops = {
 };
 
 backend_t *backend_remote_new(struct event_base *base, const char *assignment_addresses,
-                              const char *placement_address, err_t *err)
+                              const char *placement_address, const char *data_dir, err_t *err)
 {
     remote_backend_t *rb = xcalloc(1, sizeof *rb);
+    if (data_dir)
+        rb->roles_path = xasprintf("%s/run/roles.json", data_dir);
     rb->base.ops = &remote_ops;
     rb->ev = base;
     char *list = xstrdup(assignment_addresses);

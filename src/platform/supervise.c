@@ -28,6 +28,7 @@
 #include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <jansson.h>
 #include "common/log.h"
 #include "common/util.h"
 
@@ -58,6 +59,7 @@ typedef struct supervisor {
     struct event *stop_timer;
     int unclean;
     bool fatal;              /* a role failed its first start: give up */
+    char *roles_path;        /* DATA/run/roles.json */
 } supervisor_t;
 
 static void add_arg(role_t *r, const char *a)
@@ -83,6 +85,8 @@ static role_t *new_role(supervisor_t *s, const char *name)
     return r;
 }
 
+static void write_roles(supervisor_t *s);
+
 static int start_role(supervisor_t *s, role_t *r)
 {
     pid_t parent = getpid();
@@ -104,10 +108,47 @@ static int start_role(supervisor_t *s, role_t *r)
     r->pid = pid;
     r->started_ms = now_mono_ms();
     log_info("up", "started %s (pid %d)", r->name, (int)pid);
+    write_roles(s);
     return 0;
 }
 
 static void on_restart(evutil_socket_t fd, short what, void *arg);
+
+/* The value following flag in r's arguments, or NULL. */
+static const char *role_flag(const role_t *r, const char *flag)
+{
+    for (int i = 0; r->argv[i] && r->argv[i + 1]; i++)
+        if (!strcmp(r->argv[i], flag))
+            return r->argv[i + 1];
+    return NULL;
+}
+
+/* DATA/run/roles.json: every role with its pid, address and zone, for
+ * `flicker status` (the frontend reads it).  Rewritten atomically on every
+ * start and exit. */
+static void write_roles(supervisor_t *s)
+{
+    json_t *roles = json_array();
+    for (int i = 0; i < s->n_roles; i++) {
+        const role_t *r = &s->roles[i];
+        const char *addr = role_flag(r, "--listen");
+        const char *zone = role_flag(r, "--zone");
+        json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:i}", "name", r->name, "role", r->argv[2],
+                              "pid", (json_int_t)r->pid, "state", r->pid > 0 ? "running" : "down",
+                              "restarts", r->restarts);
+        if (addr)
+            json_object_set_new(o, "address", json_string(addr));
+        if (zone)
+            json_object_set_new(o, "zone", json_string(zone));
+        json_array_append_new(roles, o);
+    }
+    json_t *doc = json_pack("{s:I,s:o}", "supervisor_pid", (json_int_t)getpid(), "roles", roles);
+    char *text = json_dumps(doc, JSON_INDENT(1));
+    json_decref(doc);
+    if (text && s->roles_path)
+        write_file_atomic(s->roles_path, text, strlen(text), 0644, NULL);
+    free(text);
+}
 
 static void stop_next(supervisor_t *s);
 static void begin_stop(supervisor_t *s, const char *why);
@@ -124,6 +165,7 @@ static void on_child(evutil_socket_t sig, short what, void *arg)
                 continue;
             r->pid = 0;
             r->last_status = status;
+            write_roles(s);
             bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
             if (s->stopping) {
                 r->stopped = true;
@@ -342,6 +384,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     event_add(sigterm, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    s.roles_path = xasprintf("%s/roles.json", run);
     log_info("up", "split mode: %d roles, sockets in %s", s.n_roles, run);
     for (int i = 0; i < s.n_roles; i++)
         start_role(&s, &s.roles[i]);
@@ -362,6 +405,8 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     event_free(sigint);
     event_free(sigterm);
     event_base_free(s.base);
+    unlink(s.roles_path);
+    free(s.roles_path);
     free(run);
     free(journal_dir);
     close(lock_fd);

@@ -380,7 +380,7 @@ static int run(up_options_t o)
         .logs = logs,
     };
     if (o.frontend_only) {
-        backend = backend_remote_new(base, o.assignment, o.placement, &err);
+        backend = backend_remote_new(base, o.assignment, o.placement, data, &err);
         if (!backend) {
             log_error("frontend", "%s", err.msg);
             goto out;
