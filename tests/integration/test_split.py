@@ -85,11 +85,24 @@ def test_function_error_and_tail(split):
 
 
 def test_status_shows_roles(split):
-    st = status(split)
+    # The frontend refreshes what it knows of assignment and placement
+    # every second.
+    st = wait_for(lambda: (lambda d: d if d["assignment"].get("role") == "leader"
+                           and d.get("placement", {}).get("workers") else None)(status(split)),
+                  what="status with the leader and the workers")
     assert st["mode"] == "split"
     assert len(st["assignment"]["replicas"]) == 3
     roles = role_pids(split)
     assert {"assignment-1", "assignment-2", "assignment-3", "worker-1"} <= set(roles), roles
+    listed = {r["name"]: r for r in st["roles"]}
+    assert set(listed) == {"placement", "assignment-1", "assignment-2", "assignment-3",
+                           "worker-1", "frontend"}, listed
+    for name, pid in roles.items():
+        assert listed[name]["pid"] == pid and listed[name]["state"] == "running"
+    assert st["assignment"]["role"] == "leader" and st["assignment"]["term"] >= 1
+    workers = st["placement"]["workers"]
+    assert [w["id"] for w in workers] == ["worker-1"]
+    assert workers[0]["state"] == "active" and workers[0]["lease_remaining_ms"] > 0
 
 
 def test_assignment_leader_killed(split):
