@@ -133,3 +133,27 @@ def test_worker_killed(split):
     r = wait_for(lambda: (lambda x: x if x.status == 200 and x.function_error is None else None)(
         do_invoke(c, name, {})), what="an invoke after the worker was restarted")
     assert r.json["event"] == {}
+
+
+def test_events_survive_frontend_kill9(split):
+    """Event invocations accepted (202) while the function is throttled stay
+    queued through a kill -9 of the frontend process; the supervisor
+    restarts it and every event runs."""
+    c = split.client()
+    name = "split-async-" + uuid.uuid4().hex[:6]
+    create_function(c, name, "py_async")
+    c.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=0)
+    markers = [uuid.uuid4().hex for _ in range(3)]
+    for m in markers:
+        r = c.invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps({"marker": m}))
+        assert r["StatusCode"] == 202
+    os.kill(role_pids(split)["frontend"], signal.SIGKILL)
+    wait_for(lambda: split.health() == 200, what="the frontend to be restarted")
+    c = split.new_client() if hasattr(split, "new_client") else split.client()
+    wait_for(lambda: c.delete_function_concurrency(FunctionName=name) or True,
+             what="the control plane after the restart")
+
+    def ran():
+        text = split.logs(name)[0]
+        return all(f"ATTEMPT {m} " in text for m in markers)
+    wait_for(ran, timeout=120 * SLOW, what="every queued event to run")
