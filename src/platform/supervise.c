@@ -278,13 +278,24 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     }
     char *run = xasprintf("%s/run", data);
     mkdir_p(run, 0700, NULL);
+    /* Unix socket paths must fit sun_path (108 bytes): a deep data
+     * directory gets its sockets in a short per-data-dir directory. */
+    char *sockets = NULL;
+    if (strlen(run) + sizeof "/assignment-99.sock" > 100) {
+        char hex[65];
+        sha256_hex(data, strlen(data), hex);
+        sockets = xasprintf("/tmp/flicker-%.16s", hex);
+    } else {
+        sockets = xstrdup(run);
+    }
+    mkdir_p(sockets, 0700, NULL);
     char *journal_dir = xasprintf("%s/journal", data);
     mkdir_p(journal_dir, 0700, NULL);
 
     supervisor_t s = {0};
     char buf[PATH_MAX + 64], asg_list[4 * (PATH_MAX + 16)] = "";
     char placement_addr[PATH_MAX + 16];
-    snprintf(placement_addr, sizeof placement_addr, "unix:%s/placement.sock", run);
+    snprintf(placement_addr, sizeof placement_addr, "unix:%s/placement.sock", sockets);
 
     role_t *r = new_role(&s, "placement");
     add_arg(r, "serve");
@@ -298,7 +309,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
         char name[32];
         snprintf(name, sizeof name, "assignment-%d", i);
         r = new_role(&s, name);
-        snprintf(buf, sizeof buf, "unix:%s/%s.sock", run, name);
+        snprintf(buf, sizeof buf, "unix:%s/%s.sock", sockets, name);
         size_t used = strlen(asg_list);
         snprintf(asg_list + used, sizeof asg_list - used, "%s%s", used ? "," : "", buf);
         add_arg(r, "serve");
@@ -329,7 +340,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
         r = new_role(&s, name);
         add_arg(r, "serve");
         add_arg(r, "worker");
-        snprintf(buf, sizeof buf, "unix:%s/%s.sock", run, name);
+        snprintf(buf, sizeof buf, "unix:%s/%s.sock", sockets, name);
         add_arg(r, "--listen");
         add_arg(r, buf);
         add_arg(r, "--id");
@@ -385,7 +396,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     signal(SIGPIPE, SIG_IGN);
 
     s.roles_path = xasprintf("%s/roles.json", run);
-    log_info("up", "split mode: %d roles, sockets in %s", s.n_roles, run);
+    log_info("up", "split mode: %d roles, sockets in %s", s.n_roles, sockets);
     for (int i = 0; i < s.n_roles; i++)
         start_role(&s, &s.roles[i]);
     event_base_dispatch(s.base);
@@ -407,6 +418,9 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     event_base_free(s.base);
     unlink(s.roles_path);
     free(s.roles_path);
+    if (strcmp(sockets, run) != 0)
+        rmdir(sockets); /* empty once every role removed its socket */
+    free(sockets);
     free(run);
     free(journal_dir);
     close(lock_fd);

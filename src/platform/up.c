@@ -304,6 +304,13 @@ int serve_frontend_main(int argc, char **argv)
 static int run(up_options_t o)
 {
     signal(SIGPIPE, SIG_IGN);
+    /* A stop signal during start-up waits for the loop's handlers (so even
+     * an early stop is a clean one): blocked until they are installed. */
+    sigset_t stop_signals, old_mask;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    sigprocmask(SIG_BLOCK, &stop_signals, &old_mask);
 
     err_t err = {0};
     char data[PATH_MAX];
@@ -420,6 +427,7 @@ static int run(up_options_t o)
     sigterm = evsignal_new(base, SIGTERM, on_signal, &p);
     event_add(sigint, NULL);
     event_add(sigterm, NULL);
+    sigprocmask(SIG_SETMASK, &old_mask, NULL);
 
     log_info("up", "flicker %s listening on http://%s:%d (data %s, sandboxes on cgroup %s)",
              FLICKER_VERSION, o.host, frontend_port(fe), data, sandbox_cgroup_version());
