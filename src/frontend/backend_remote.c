@@ -364,8 +364,16 @@ static void remote_function_changed(backend_t *b, const char *name, store_t *sto
 static void on_asg_status(const rpc_result_t *res, void *arg)
 {
     remote_backend_t *rb = arg;
-    if (res->error)
+    if (res->error) {
+        if (strcmp(res->error, RPC_CANCELLED) != 0) /* unreachable: try another next time */
+            rb->leader = (rb->leader + 1) % rb->n_replicas;
         return;
+    }
+    /* A follower says who leads: ask (and send acquires to) that one. */
+    const char *role = json_string_value(json_object_get(res->result, "role"));
+    int i = replica_index(rb, json_string_value(json_object_get(res->result, "leader")));
+    if (role && strcmp(role, "leader") != 0 && i >= 0)
+        rb->leader = i;
     json_decref(rb->asg_status);
     rb->asg_status = json_deep_copy(res->result);
     json_object_del(rb->asg_status, "id");
