@@ -3,6 +3,7 @@ a second `flicker serve frontend` process pointed at the same assignment
 replicas and placement.  The limits are enforced by the assignment leader,
 so an invoke through frontend 2 must be throttled by invokes in flight
 through frontend 1 (account limit and reserved concurrency)."""
+import json
 import os
 import signal
 import subprocess
@@ -39,12 +40,26 @@ def two_frontends(spawn, workroot, request):
     # unreserved (as AWS does).
     limit = getattr(request, "param", 2)
     main = spawn("--account-concurrency", str(limit), keep_alive=120)
-    run = main.data / "run"
-    wait_until(lambda: all((run / f"assignment-{i}.sock").exists() for i in (1, 2, 3))
-               and (run / "placement.sock").exists(), 30 * SLOW, what="role sockets")
-    fe2 = ExtraFrontend(workroot / f"fe2-{uuid.uuid4().hex[:6]}", main.data,
-                        [f"unix:{run}/assignment-{i}.sock" for i in (1, 2, 3)],
-                        f"unix:{run}/placement.sock")
+    # Where the roles listen: `flicker up` lists them in DATA/run/roles.json
+    # (the sockets themselves may live in a short directory elsewhere when
+    # the data path is deep).
+    roles_json = main.data / "run" / "roles.json"
+
+    def addresses():
+        try:
+            roles = {r["name"]: r for r in json.loads(roles_json.read_text())["roles"]}
+        except (OSError, ValueError, KeyError):
+            return None
+        names = ["assignment-1", "assignment-2", "assignment-3", "placement"]
+        if not all(n in roles and roles[n].get("address") for n in names):
+            return None
+        paths = [roles[n]["address"][len("unix:"):] for n in names]
+        if not all(os.path.exists(p) for p in paths):
+            return None
+        return [roles[n]["address"] for n in names]
+    wait_until(lambda: addresses() is not None, 30 * SLOW, what="role sockets")
+    addrs = addresses()
+    fe2 = ExtraFrontend(workroot / f"fe2-{uuid.uuid4().hex[:6]}", main.data, addrs[:3], addrs[3])
     try:
         fe2.start()
         yield main, fe2
