@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <stdarg.h>
@@ -335,6 +336,36 @@ char *xasprintf(const char *fmt, ...)
     if (n < 0)
         abort();
     return out;
+}
+
+char *flicker_bin_dir(void)
+{
+    char buf[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0)
+        return xstrdup(".");
+    buf[n] = 0;
+    char *slash = strrchr(buf, '/');
+    if (slash)
+        *slash = 0;
+    return xstrdup(buf);
+}
+
+char *flicker_runtimes_dir(const char *bindir)
+{
+    const char *env = getenv("FLICKER_RUNTIMES");
+    if (env)
+        return xstrdup(env);
+    const char *tries[] = {"../runtimes", "../../runtimes", "../share/flicker/runtimes"};
+    for (size_t i = 0; i < ARRAY_LEN(tries); i++) {
+        char *p = xasprintf("%s/%s", bindir, tries[i]);
+        char real[PATH_MAX];
+        char *ok = realpath(p, real);
+        free(p);
+        if (ok)
+            return xstrdup(real);
+    }
+    return NULL;
 }
 
 void cleanup_freep(void *p) { free(*(void **)p); }

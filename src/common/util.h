@@ -60,6 +60,13 @@ void *xrealloc(void *p, size_t n);
 /* printf into a fresh malloc'd string; aborts on OOM. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* The directory holding the running flicker binary (flicker-init and the
+ * runtimes are found from it); "." if unknown.  malloc'd. */
+char *flicker_bin_dir(void);
+/* The runtime clients' directory: $FLICKER_RUNTIMES, else runtimes/ next
+ * to the build or install tree of bindir; NULL if none exists.  malloc'd. */
+char *flicker_runtimes_dir(const char *bindir);
+
 /* Cleanup helpers for __attribute__((cleanup)). */
 void cleanup_freep(void *p);
 void cleanup_closep(int *fd);

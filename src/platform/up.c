@@ -94,38 +94,6 @@ static int parse_listen(const char *s, up_options_t *o)
     return o->port >= 0 && o->port < 65536 ? 0 : -1;
 }
 
-/* The directory holding this binary (to find runtimes/ and flicker-init). */
-static char *exe_dir(void)
-{
-    char buf[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-    if (n <= 0)
-        return xstrdup(".");
-    buf[n] = 0;
-    char *slash = strrchr(buf, '/');
-    if (slash)
-        *slash = 0;
-    return xstrdup(buf);
-}
-
-static char *find_runtimes(const char *bindir)
-{
-    const char *env = getenv("FLICKER_RUNTIMES");
-    if (env)
-        return xstrdup(env);
-    const char *tries[] = {"../runtimes", "../../runtimes", "../share/flicker/runtimes"};
-    for (size_t i = 0; i < ARRAY_LEN(tries); i++) {
-        char *p = xasprintf("%s/%s", bindir, tries[i]);
-        char real[PATH_MAX];
-        if (realpath(p, real)) {
-            free(p);
-            return xstrdup(real);
-        }
-        free(p);
-    }
-    return NULL;
-}
-
 static void random_token(char *out, size_t n, const char *alphabet)
 {
     size_t k = strlen(alphabet);
@@ -328,9 +296,9 @@ static int run(up_options_t o)
         return 1;
     }
 
-    char *bindir = exe_dir();
+    char *bindir = flicker_bin_dir();
     char *init_path = xasprintf("%s/flicker-init", bindir);
-    char *runtimes = find_runtimes(bindir);
+    char *runtimes = flicker_runtimes_dir(bindir);
     free(bindir);
     char *akid = NULL, *secret = NULL;
     bool generated = false;

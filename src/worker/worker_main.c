@@ -42,37 +42,6 @@ static void usage(FILE *f)
                "  --verbose              debug logging\n");
 }
 
-/* The directory holding this binary (runtimes/ and flicker-init are found from it). */
-static char *exe_dir(void)
-{
-    char buf[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-    if (n <= 0)
-        return xstrdup(".");
-    buf[n] = 0;
-    char *slash = strrchr(buf, '/');
-    if (slash)
-        *slash = 0;
-    return xstrdup(buf);
-}
-
-static char *find_runtimes(const char *bindir)
-{
-    const char *env = getenv("FLICKER_RUNTIMES");
-    if (env)
-        return xstrdup(env);
-    const char *tries[] = {"../runtimes", "../../runtimes", "../share/flicker/runtimes"};
-    for (size_t i = 0; i < ARRAY_LEN(tries); i++) {
-        char *p = xasprintf("%s/%s", bindir, tries[i]);
-        char real[PATH_MAX];
-        bool ok = realpath(p, real) != NULL;
-        free(p);
-        if (ok)
-            return xstrdup(real);
-    }
-    return NULL;
-}
-
 static int positive(const char *s, const char *flag)
 {
     char *end;
@@ -153,9 +122,9 @@ int serve_worker_main(int argc, char **argv)
     char hostname[128] = "host";
     gethostname(hostname, sizeof hostname - 1);
     char *default_id = xasprintf("worker-%s-%d", hostname, (int)getpid());
-    char *bindir = exe_dir();
+    char *bindir = flicker_bin_dir();
     char *init_path = xasprintf("%s/flicker-init", bindir);
-    char *runtimes = runtimes_opt ? xstrdup(runtimes_opt) : find_runtimes(bindir);
+    char *runtimes = runtimes_opt ? xstrdup(runtimes_opt) : flicker_runtimes_dir(bindir);
     free(bindir);
     char *log_dir = NULL, *address = NULL;
     fnlog_dir_t *logs = NULL;
