@@ -28,6 +28,8 @@ json_t *fn_config_to_json(const fn_config_t *c)
         json_object_set_new(o, "on_success", json_string(c->on_success));
     if (c->on_failure)
         json_object_set_new(o, "on_failure", json_string(c->on_failure));
+    if (c->isolation)
+        json_object_set_new(o, "isolation", json_string(c->isolation));
     return o;
 }
 
@@ -68,6 +70,7 @@ fn_config_t *fn_config_from_json(json_t *o, err_t *err)
     c->alias = take_opt(o, "alias");
     c->on_success = take_opt(o, "on_success");
     c->on_failure = take_opt(o, "on_failure");
+    c->isolation = take_opt(o, "isolation");
     c->memory_mb = (int)json_integer_value(json_object_get(o, "memory_mb"));
     c->timeout_s = (int)json_integer_value(json_object_get(o, "timeout_s"));
     c->ephemeral_mb = (int)json_integer_value(json_object_get(o, "ephemeral_mb"));

@@ -635,6 +635,7 @@ void fn_config_free(fn_config_t *c)
     free(c->qualified_arn);
     free(c->on_success);
     free(c->on_failure);
+    free(c->isolation);
     free(c);
 }
 
@@ -754,6 +755,8 @@ int store_resolve(store_t *s, const char *ref, const char *qualifier, fn_config_
     c->reserved_concurrency = store_get_reserved(s, name);
     c->config_key = xasprintf("%s:%s:%s", name, c->version, c->revision_id);
     c->alias = alias ? xstrdup(q) : NULL;
+    const char *iso = jstr_or_null(cfg, "_Isolation");
+    c->isolation = iso && *iso ? xstrdup(iso) : NULL;
     /* async settings belong to the qualifier used: alias, version or $LATEST */
     json_t *eic = store_eic_get(s, name, q ? q : "$LATEST");
     json_t *mra = json_object_get(eic, "MaximumRetryAttempts");

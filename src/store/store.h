@@ -45,6 +45,8 @@ typedef struct fn_config {
     int max_event_age_s;    /* 60-21600, default 21600 */
     char *on_success;       /* destination ARN, or NULL */
     char *on_failure;       /* destination ARN, or NULL */
+    char *isolation;        /* tag flicker:isolation ("sandbox"/"microvm"), or NULL:
+                               the worker's default */
 } fn_config_t;
 
 /* Opens (creating if needed) DATA/flicker.db and the blob directories. */

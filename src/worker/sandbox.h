@@ -57,6 +57,11 @@ typedef struct sandbox_spec {
     char *const *envp;        /* its complete environment */
     bool defer_cpu_limit;     /* run unthrottled until sandbox_apply_cpu_limit
                                  (Init gets the host's CPUs, as Lambda boosts Init) */
+    /* Used by other isolation backends (worker/isolation.h), ignored here: */
+    const char *runtime;      /* Lambda runtime id (picks a microVM's guest image) */
+    const char *code_key;     /* names code_dir's content (hex, caches its disk image) */
+    const char *restore_from; /* restore this snapshot instead of booting (or NULL) */
+    const char *state_dir;    /* the worker's private scratch directory (or NULL) */
 } sandbox_spec_t;
 
 typedef struct sandbox sandbox_t;

@@ -37,7 +37,7 @@
 #include <unistd.h>
 #include "common/log.h"
 #include "common/util.h"
-#include "worker/sandbox.h"
+#include "worker/isolation.h"
 
 #define RESPONSE_LIMIT 6291556         /* Lambda's maximum response payload */
 #define API_BODY_LIMIT (16u << 20)     /* larger bodies are cut off by evhttp */
@@ -65,7 +65,8 @@ struct env {
     char id[ENV_ID_MAX + 1];
     char log_stream[128];
     fn_config_t *cfg;
-    sandbox_t *sb;
+    const isolation_ops_t *iso; /* sandbox or microvm */
+    void *sb;                /* the backend's handle */
     enum env_state state;
     bool frozen;
     bool ready_called;
@@ -206,7 +207,7 @@ static void log_outf(env_t *env, const char *fmt, ...)
 /* Moves whatever the runtime has written so far into the logs. */
 static void drain_output(env_t *env, size_t max)
 {
-    int fd = sandbox_output_fd(env->sb);
+    int fd = env->iso->output_fd(env->sb);
     char buf[OUTPUT_CHUNK];
     size_t total = 0;
     while (total < max) {
@@ -247,7 +248,7 @@ static void finish_invocation(env_t *env, enum invoke_status status, char *body,
 
     double duration = inv.delivered ? (double)(now_mono_us() - inv.start_us) / 1000.0 : 0.0;
     drain_output(env, SIZE_MAX);
-    uint64_t peak = sandbox_memory_peak(env->sb);
+    uint64_t peak = env->iso->memory_peak(env->sb);
     char init[64] = "";
     if (!env->reported_init) {
         snprintf(init, sizeof init, "\tInit Duration: %.2f ms", env->init_ms);
@@ -335,13 +336,13 @@ void env_invoke(env_t *env, const invoke_event_t *ev, env_done_fn done, void *ar
     evtimer_del(env->freeze_ev);
     if (env->frozen) {
         err_t err;
-        if (sandbox_thaw(env->sb, &err) < 0)
+        if (env->iso->thaw(env->sb, &err) < 0)
             log_warn("worker", "env %s: thaw: %s", env->id, err.msg);
         env->frozen = false;
     }
     evbuffer_drain(env->tail, evbuffer_get_length(env->tail));
     log_outf(env, "START RequestId: %s Version: %s\n", inv->request_id, env->cfg->version);
-    sandbox_reset_peak(env->sb);
+    env->iso->reset_peak(env->sb);
     struct timeval tv = {.tv_sec = env->cfg->timeout_s};
     evtimer_add(env->timer_ev, &tv);
     if (env->next_req)
@@ -399,7 +400,7 @@ static void handle_next(env_t *env, struct evhttp_request *req)
         env->state = ENV_IDLE;
         env->ready_called = true;
         err_t cerr;
-        if (sandbox_apply_cpu_limit(env->sb, &cerr) < 0)
+        if (env->iso->apply_cpu_limit(env->sb, &cerr) < 0)
             log_warn("worker", "env %s: CPU limit: %s", env->id, cerr.msg);
         drain_output(env, SIZE_MAX);
         if (env->ready && !env->silent) {
@@ -535,7 +536,7 @@ static void on_freeze(evutil_socket_t fd, short what, void *arg)
     if (env->state != ENV_IDLE || env->frozen || !env->next_req)
         return;
     err_t err;
-    if (sandbox_freeze(env->sb, &err) < 0) {
+    if (env->iso->freeze(env->sb, &err) < 0) {
         log_warn("worker", "env %s: freeze: %s", env->id, err.msg);
         return;
     }
@@ -593,7 +594,7 @@ static void on_exit_ev(evutil_socket_t fd, short what, void *arg)
     env_t *env = arg;
     int status = 0;
     err_t err;
-    if (sandbox_reap(env->sb, &status, &err) == 0)
+    if (env->iso->reap(env->sb, &status, &err) == 0)
         return;
     event_del(env->exit_ev);
     char why[96];
@@ -603,7 +604,7 @@ static void on_exit_ev(evutil_socket_t fd, short what, void *arg)
         snprintf(why, sizeof why, "signal: %s", WEXITSTATUS(status) - 128 == SIGKILL ? "killed" : strsignal(WEXITSTATUS(status) - 128));
     else
         snprintf(why, sizeof why, "exit status %d", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-    bool oom = sandbox_oom_kills(env->sb) > 0;
+    bool oom = env->iso->oom_kills(env->sb) > 0;
     const char *rid = env->inv.active ? env->inv.request_id : "";
     char *b;
     if (env->state == ENV_STARTING && env->init_error)
@@ -674,7 +675,7 @@ static void teardown(env_t *env)
     event_free(env->freeze_ev);
     event_free(env->teardown_ev);
     err_t err;
-    if (env->sb && sandbox_destroy(env->sb, &err) < 0)
+    if (env->sb && env->iso->destroy(env->sb, &err) < 0)
         log_warn("worker", "env %s: destroy: %s", env->id, err.msg);
     unlink_env(env);
     log_debug("worker", "env %s (%s:%s) gone after %d invocations", env->id, env->cfg->name,
@@ -711,6 +712,7 @@ static fn_config_t *copy_config(const fn_config_t *c)
     d->revision_id = xstrdup(c->revision_id ? c->revision_id : "");
     d->reserved_concurrency = c->reserved_concurrency;
     d->config_key = xstrdup(c->config_key ? c->config_key : "");
+    d->isolation = c->isolation ? xstrdup(c->isolation) : NULL;
     return d;
 }
 
@@ -810,6 +812,14 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
     env->arg = arg;
     env->state = ENV_STARTING;
     env->created_us = now_mono_us();
+    env->iso = isolation_by_name(cfg->isolation && *cfg->isolation ? cfg->isolation : w->cfg.isolation);
+    if (!env->iso) {
+        err_set(err, EINVAL, "unknown isolation backend \"%s\" (sandbox or microvm)",
+                cfg->isolation && *cfg->isolation ? cfg->isolation : w->cfg.isolation);
+        fn_config_free(env->cfg);
+        free(env);
+        return NULL;
+    }
     if (id) {
         snprintf(env->id, sizeof env->id, "%s", id);
     } else {
@@ -849,6 +859,15 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
         }
     }
 
+    /* The code's identity for backends that cache a disk image of it:
+     * CodeSha256 (base64) made filename-safe. */
+    char code_key[128];
+    snprintf(code_key, sizeof code_key, "%s", cfg->code_sha256 ? cfg->code_sha256 : "");
+    for (char *p = code_key; *p; p++)
+        if (*p == '/')
+            *p = '_';
+        else if (*p == '+')
+            *p = '-';
     sandbox_spec_t spec = {
         .id = env->id,
         .code_dir = cfg->code_dir,
@@ -858,8 +877,11 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
         .argv = argv.v,
         .envp = envp.v,
         .defer_cpu_limit = true,
+        .runtime = cfg->runtime,
+        .code_key = code_key,
+        .state_dir = w->cfg.state_dir,
     };
-    int rc = sandbox_create(&spec, &env->sb, err);
+    int rc = env->iso->create(&spec, &env->sb, err);
     sv_free(&argv);
     sv_free(&envp);
     if (rc < 0) {
@@ -874,7 +896,7 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
     evhttp_set_timeout(env->api, 24 * 3600);
     evhttp_set_allowed_methods(env->api, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
     evhttp_set_gencb(env->api, on_api_request, env);
-    int api_fd = dup(sandbox_api_fd(env->sb));
+    int api_fd = dup(env->iso->api_fd(env->sb));
     evutil_make_socket_nonblocking(api_fd);
     evutil_make_socket_closeonexec(api_fd);
     if (api_fd < 0 || evhttp_accept_socket(env->api, api_fd) < 0) {
@@ -882,14 +904,14 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
         if (api_fd >= 0)
             close(api_fd);
         evhttp_free(env->api);
-        sandbox_destroy(env->sb, NULL);
+        env->iso->destroy(env->sb, NULL);
         evbuffer_free(env->tail);
         fn_config_free(env->cfg);
         free(env);
         return NULL;
     }
-    env->output_ev = event_new(w->base, sandbox_output_fd(env->sb), EV_READ | EV_PERSIST, on_output, env);
-    env->exit_ev = event_new(w->base, sandbox_pidfd(env->sb), EV_READ | EV_PERSIST, on_exit_ev, env);
+    env->output_ev = event_new(w->base, env->iso->output_fd(env->sb), EV_READ | EV_PERSIST, on_output, env);
+    env->exit_ev = event_new(w->base, env->iso->exit_fd(env->sb), EV_READ | EV_PERSIST, on_exit_ev, env);
     env->timer_ev = evtimer_new(w->base, on_timer, env);
     env->freeze_ev = evtimer_new(w->base, on_freeze, env);
     env->teardown_ev = event_new(w->base, -1, 0, on_teardown, env);
@@ -966,7 +988,7 @@ env_t *worker_env_next(const env_t *env)
         e = e->next;
     return e;
 }
-pid_t env_pid(const env_t *env) { return env->sb ? sandbox_pid(env->sb) : 0; }
+pid_t env_pid(const env_t *env) { return env->sb ? env->iso->pid(env->sb) : 0; }
 const worker_config_t *worker_config(const worker_t *w) { return &w->cfg; }
 
 json_t *worker_status(const worker_t *w)
@@ -977,7 +999,7 @@ json_t *worker_status(const worker_t *w)
         json_array_append_new(
             envs, json_pack("{s:s,s:s,s:s,s:s,s:I,s:b,s:i,s:i}", "id", e->id, "function", e->cfg->name,
                             "version", e->cfg->version, "state", names[env_state(e)], "pid",
-                            (json_int_t)(e->sb ? sandbox_pid(e->sb) : 0), "frozen", e->frozen,
+                            (json_int_t)(e->sb ? e->iso->pid(e->sb) : 0), "frozen", e->frozen,
                             "memory_mb", e->cfg->memory_mb, "invocations", e->invocations));
     }
     return json_pack("{s:s,s:s,s:i,s:i,s:i,s:o}", "id", w->cfg.id, "zone", w->cfg.zone,

@@ -48,6 +48,9 @@ typedef struct worker_config {
     int cpus;
     int init_timeout_s;         /* Lambda: 10 */
     fnlog_dir_t *logs;          /* where function logs go */
+    const char *isolation;      /* default backend: "sandbox" (NULL) or "microvm";
+                                   a function's fn_config_t.isolation overrides it */
+    const char *state_dir;      /* the worker's private scratch dir (microVM disks) */
 } worker_config_t;
 
 /* The outcome of one event. */
