@@ -37,6 +37,10 @@ typedef void (*backend_acquired_fn)(const acquire_result_t *r, const backend_lea
 /* invoke's outcome; env_dead when the environment did not survive it. */
 typedef void (*backend_done_fn)(const invoke_result_t *r, bool env_dead, void *arg);
 
+/* snapshot's outcome: ok, or why not (message NULL: cancelled because the
+ * platform is stopping; try again later). */
+typedef void (*backend_snapshot_fn)(bool ok, const char *message, void *arg);
+
 typedef struct backend_ops {
     /* Returns a handle for cancel, valid until the callback runs. */
     void *(*acquire)(backend_t *b, const fn_config_t *cfg, int total_reserved, backend_acquired_fn cb,
@@ -48,6 +52,11 @@ typedef struct backend_ops {
     /* A function's code/config changed or it was deleted: retire the
      * environments whose configuration is no longer current. */
     void (*function_changed)(backend_t *b, const char *name, store_t *store);
+    /* SnapStart: has a worker boot an environment of cfg, run Init and save
+     * its state to path (worker_snapshot_create).  cb runs exactly once,
+     * never synchronously. */
+    void (*snapshot)(backend_t *b, const fn_config_t *cfg, const char *path,
+                     backend_snapshot_fn cb, void *arg);
     /* Adds "assignment" and "workers" members to the status document. */
     void (*status)(backend_t *b, json_t *status);
     void (*free)(backend_t *b);

@@ -359,6 +359,81 @@ static void remote_function_changed(backend_t *b, const char *name, store_t *sto
     json_decref(params);
 }
 
+/* ------------------------------------------------------------ snapshots */
+
+/* placement.pick for the function, then env.snapshot on that worker. */
+typedef struct remote_snap {
+    remote_backend_t *rb;
+    backend_snapshot_fn cb;
+    void *arg;
+    json_t *config;
+    char *path;
+    char *message;
+} remote_snap_t;
+
+#define SNAPSHOT_TIMEOUT_MS 180000 /* boot + Init + save, under emulation */
+
+static void snap_finish(remote_snap_t *rs, bool ok, const char *message)
+{
+    rs->cb(ok, message, rs->arg);
+    json_decref(rs->config);
+    free(rs->path);
+    free(rs->message);
+    free(rs);
+}
+
+static void snap_failed_later(evutil_socket_t fd, short what, void *arg)
+{
+    remote_snap_t *rs = arg;
+    snap_finish(rs, false, rs->message);
+}
+
+static void on_snapshot_done(const rpc_result_t *res, void *arg)
+{
+    remote_snap_t *rs = arg;
+    if (res->error && !strcmp(res->error, RPC_CANCELLED))
+        snap_finish(rs, false, NULL);
+    else if (res->error)
+        snap_finish(rs, false, res->message ? res->message : res->error);
+    else
+        snap_finish(rs, true, NULL);
+}
+
+static void on_snapshot_picked(const rpc_result_t *res, void *arg)
+{
+    remote_snap_t *rs = arg;
+    if (res->error) {
+        snap_finish(rs, false, strcmp(res->error, RPC_CANCELLED) ? (res->message ? res->message : res->error)
+                                                                  : NULL);
+        return;
+    }
+    const char *address = json_string_value(json_object_get(res->result, "address"));
+    rpc_client_t *c = address ? worker_client(rs->rb, address) : NULL;
+    json_t *params = json_pack("{s:O,s:s}", "config", rs->config, "path", rs->path);
+    if (!c || rpc_call(c, "env.snapshot", params, NULL, 0, SNAPSHOT_TIMEOUT_MS, on_snapshot_done, rs) < 0)
+        snap_finish(rs, false, "the worker placement chose is unreachable");
+    json_decref(params);
+}
+
+static void remote_snapshot(backend_t *b, const fn_config_t *cfg, const char *path,
+                            backend_snapshot_fn cb, void *arg)
+{
+    remote_backend_t *rb = (remote_backend_t *)b;
+    remote_snap_t *rs = xcalloc(1, sizeof *rs);
+    rs->rb = rb;
+    rs->cb = cb;
+    rs->arg = arg;
+    rs->config = fn_config_to_json(cfg);
+    rs->path = xstrdup(path);
+    json_t *params = json_pack("{s:s,s:i}", "function", cfg->name, "memory_mb", cfg->memory_mb);
+    if (!rb->placement ||
+        rpc_call(rb->placement, "placement.pick", params, NULL, 0, 5000, on_snapshot_picked, rs) < 0) {
+        rs->message = xstrdup("no placement service to pick a worker");
+        event_base_once(rb->ev, -1, EV_TIMEOUT, snap_failed_later, rs, NULL);
+    }
+    json_decref(params);
+}
+
 /* -------------------------------------------------------------- status */
 
 static void on_asg_status(const rpc_result_t *res, void *arg)
@@ -457,6 +532,7 @@ static const backend_ops_t remote_ops = {
     .invoke = remote_invoke,
     .release = remote_release,
     .function_changed = remote_function_changed,
+    .snapshot = remote_snapshot,
     .status = remote_status,
     .free = remote_free,
 };

@@ -260,7 +260,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 }
 
 int supervise_main(const char *host, int port, const char *data_arg, bool no_auth, int keep_alive_s,
-                   int account_concurrency, int workers, int argc, char **argv)
+                   int account_concurrency, int workers, const char *isolation, int argc,
+                   char **argv)
 {
     err_t err = {0};
     char data[PATH_MAX];
@@ -354,6 +355,8 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
         snprintf(buf, sizeof buf, "%d", host_mb * 4 / workers);
         add_arg(r, "--memory-mb");
         add_arg(r, buf);
+        add_arg(r, "--isolation");
+        add_arg(r, isolation);
     }
 
     /* The frontend gets up's own flags (minus the supervisor's) plus where

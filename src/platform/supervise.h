@@ -8,5 +8,5 @@
  * until SIGINT/SIGTERM.  argc/argv are up's own arguments (forwarded to
  * the frontend).  Returns 0 when every role stopped cleanly. */
 int supervise_main(const char *host, int port, const char *data_dir, bool no_auth, int keep_alive_s,
-                   int account_concurrency, int workers, int argc, char **argv);
+                   int account_concurrency, int workers, const char *isolation, int argc, char **argv);
 #endif

@@ -53,6 +53,7 @@ typedef struct up_options {
     const char *assignment;   /* serve frontend: replica addresses */
     const char *placement;    /* serve frontend: placement address */
     bool frontend_only;       /* serve frontend */
+    const char *isolation;    /* default isolation backend: sandbox or microvm */
 } up_options_t;
 
 typedef struct platform {
@@ -78,6 +79,9 @@ static void usage(void)
            "  --embedded                every role in this one process (default: one\n"
            "                            supervised process per role, as --split)\n"
            "  --workers N               worker processes (default 1)\n"
+           "  --isolation KIND          sandbox (default) or microvm: what isolates each\n"
+           "                            execution environment (a function's tag\n"
+           "                            flicker:isolation overrides it)\n"
            "  --verbose                 debug logging\n");
 }
 
@@ -191,6 +195,7 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
         {"split", no_argument, 0, 'S'},          {"workers", required_argument, 0, 'W'},
         {"embedded", no_argument, 0, 'E'},
         {"assignment", required_argument, 0, 'A'}, {"placement", required_argument, 0, 'P'},
+        {"isolation", required_argument, 0, 'I'},
         {0, 0, 0, 0},
     };
     int c;
@@ -215,6 +220,13 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
         case 'W': o->workers = atoi(optarg); break;
         case 'A': o->assignment = optarg; break;
         case 'P': o->placement = optarg; break;
+        case 'I':
+            if (strcmp(optarg, "sandbox") && strcmp(optarg, "microvm")) {
+                fprintf(stderr, "%s: --isolation wants sandbox or microvm\n", who);
+                return 2;
+            }
+            o->isolation = optarg;
+            break;
         case 'R':
             if (sscanf(optarg, "%d,%d", &o->retry_delays[0], &o->retry_delays[1]) != 2 ||
                 o->retry_delays[0] < 0 || o->retry_delays[1] < 0) {
@@ -240,7 +252,7 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
 static const up_options_t default_options = {
     .host = "127.0.0.1", .port = 9000, .data = "./.flicker", .keep_alive_s = 600,
     .account_concurrency = 1000, .region = "us-east-1", .account_id = "000000000000",
-    .grace_s = 5, .retry_delays = {60, 120}, .workers = 1,
+    .grace_s = 5, .retry_delays = {60, 120}, .workers = 1, .isolation = "sandbox",
 };
 
 static int run(up_options_t o);
@@ -254,7 +266,7 @@ int up_main(int argc, char **argv)
         return rc;
     if (o.split)
         return supervise_main(o.host, o.port, o.data, o.no_auth, o.keep_alive_s,
-                              o.account_concurrency, o.workers, argc, argv);
+                              o.account_concurrency, o.workers, o.isolation, argc, argv);
     return run(o);
 }
 
@@ -353,6 +365,8 @@ static int run(up_options_t o)
         .cpus = (int)sysconf(_SC_NPROCESSORS_ONLN),
         .init_timeout_s = 10,
         .logs = logs,
+        .isolation = o.isolation,
+        .state_dir = data,
     };
     if (o.frontend_only) {
         backend = backend_remote_new(base, o.assignment, o.placement, data, &err);
@@ -381,6 +395,7 @@ static int run(up_options_t o)
         .data_dir = data,
         .mode = o.frontend_only ? "split" : "embedded",
         .async_retry_delays_s = {o.retry_delays[0], o.retry_delays[1]},
+        .isolation = o.isolation,
     };
     fe = frontend_new(base, &fc, store, backend, logs, &err);
     if (!fe) {

@@ -39,6 +39,8 @@ static void usage(FILE *f)
                "  --runtimes DIR         runtime clients (default: found next to the binary)\n"
                "  --heartbeat-ms N       heartbeat period (default 1000)\n"
                "  --region REGION        region (default us-east-1)\n"
+               "  --isolation KIND       sandbox (default) or microvm: the default backend of\n"
+               "                         execution environments (tag flicker:isolation overrides)\n"
                "  --verbose              debug logging\n");
 }
 
@@ -71,6 +73,7 @@ int serve_worker_main(int argc, char **argv)
 {
     const char *listen = NULL, *advertise = NULL, *id = NULL, *zone = "local-a", *placement = NULL;
     const char *data = "./.flicker", *runtimes_opt = NULL, *region = "us-east-1";
+    const char *isolation = "sandbox";
     int memory_mb = 0, heartbeat_ms = 1000;
     static const struct option opts[] = {
         {"listen", required_argument, 0, 'l'},     {"advertise", required_argument, 0, 'a'},
@@ -79,6 +82,7 @@ int serve_worker_main(int argc, char **argv)
         {"data", required_argument, 0, 'd'},       {"runtimes", required_argument, 0, 'r'},
         {"heartbeat-ms", required_argument, 0, 'H'}, {"region", required_argument, 0, 'R'},
         {"verbose", no_argument, 0, 'v'},          {"help", no_argument, 0, 'h'},
+        {"isolation", required_argument, 0, 'I'},
         {0, 0, 0, 0},
     };
     int c;
@@ -101,6 +105,13 @@ int serve_worker_main(int argc, char **argv)
                 return 2;
             break;
         case 'R': region = optarg; break;
+        case 'I':
+            if (strcmp(optarg, "sandbox") && strcmp(optarg, "microvm")) {
+                fprintf(stderr, "flicker serve worker: --isolation wants sandbox or microvm\n");
+                return 2;
+            }
+            isolation = optarg;
+            break;
         case 'v': log_set_level(LOG_DEBUG); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -171,6 +182,8 @@ int serve_worker_main(int argc, char **argv)
         .cpus = (int)sysconf(_SC_NPROCESSORS_ONLN),
         .init_timeout_s = 10,
         .logs = logs,
+        .isolation = isolation,
+        .state_dir = data,
     };
     worker = worker_new(base, &wc, &err);
     if (!worker) {

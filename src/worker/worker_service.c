@@ -328,6 +328,55 @@ static void m_status(worker_service_t *ws, rpc_call_t *call)
     json_decref(r);
 }
 
+/* env.snapshot {config, path}: SnapStart.  Replies when the snapshot is
+ * saved (or with SnapshotFailed and why). */
+typedef struct snap_call {
+    rpc_call_t *call; /* NULL once the caller is gone */
+} snap_call_t;
+
+static void on_snap_cancel(rpc_call_t *call, void *arg)
+{
+    snap_call_t *sc = arg;
+    sc->call = NULL;
+    rpc_reply_error(call, "Cancelled", "caller gone");
+}
+
+static void on_snap_done(bool ok, const char *message, void *arg)
+{
+    snap_call_t *sc = arg;
+    if (sc->call) {
+        if (ok)
+            rpc_reply(sc->call, NULL, NULL, 0);
+        else
+            rpc_reply_error(sc->call, "SnapshotFailed", "%s", message ? message : "failed");
+    }
+    free(sc);
+}
+
+static void m_snapshot(worker_service_t *ws, rpc_call_t *call, json_t *params)
+{
+    const char *path = str_param(params, "path");
+    err_t err = {0};
+    if (!path || path[0] != '/') {
+        rpc_reply_error(call, "InvalidRequest", "path must be absolute");
+        return;
+    }
+    fn_config_t *cfg = fn_config_from_json(json_object_get(params, "config"), &err);
+    if (!cfg) {
+        rpc_reply_error(call, "InvalidRequest", "config: %s", err.msg);
+        return;
+    }
+    snap_call_t *sc = xcalloc(1, sizeof *sc);
+    sc->call = call;
+    if (worker_snapshot_create(ws->w, cfg, path, on_snap_done, sc, &err) < 0) {
+        rpc_reply_error(call, "SnapshotFailed", "%s", err.msg);
+        free(sc);
+    } else {
+        rpc_call_set_cancel_cb(call, on_snap_cancel, sc);
+    }
+    fn_config_free(cfg);
+}
+
 static void on_request(rpc_call_t *call, const char *method, json_t *params, const void *body,
                        size_t len, void *arg)
 {
@@ -350,6 +399,8 @@ static void on_request(rpc_call_t *call, const char *method, json_t *params, con
         m_destroy(ws, call, params);
     else if (!strcmp(method, "env.list"))
         m_list(ws, call);
+    else if (!strcmp(method, "env.snapshot"))
+        m_snapshot(ws, call, params);
     else if (!strcmp(method, "worker.status"))
         m_status(ws, call);
     else
