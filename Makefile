@@ -23,9 +23,10 @@ LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 INIT_BIN  := $(BUILD)/flicker-init
+BENCH_BIN := $(BUILD)/bench/asg_bench
 
-.PHONY: all clean test unit bench fuzz
-all: $(BUILD)/flicker $(UNIT_BIN) $(INIT_BIN)
+.PHONY: all clean test unit bench bench-leader fuzz
+all: $(BUILD)/flicker $(UNIT_BIN) $(INIT_BIN) $(BENCH_BIN)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -51,6 +52,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libflicker.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(BUILD)/libflicker.a $(LDLIBS)
 
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libflicker.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libflicker.a $(LDLIBS)
+
 unit: all
 	@scripts/unit.sh $(BUILD)
 
@@ -59,6 +64,10 @@ test:
 
 bench: all
 	/usr/bin/python3 bench/run.py --build $(BUILD)
+	/usr/bin/python3 bench/leader.py --build $(BUILD)
+
+bench-leader: all
+	/usr/bin/python3 bench/leader.py --build $(BUILD)
 
 # libFuzzer targets: fuzz/fuzz_*.c, each linked with the library sources
 # built by clang with ASan+UBSan; `make fuzz` builds them and runs each for

@@ -366,11 +366,36 @@ static void *jt_main(void *arg)
         pthread_mutex_unlock(&s->mu);
 
         bool deposed = false;
-        while (reqs) {
+        /* Everything queued goes to the journal as one group (one fsync):
+         * decisions made while the last write was in progress share it. */
+        size_t nq = 0, ndone = 0;
+        for (jreq_t *q = reqs; q; q = q->next)
+            nq++;
+        uint64_t *idxs = NULL;
+        if (nq > 1 && j->ops->append_many) {
+            const void **datas = xcalloc(nq, sizeof *datas);
+            size_t *lens = xcalloc(nq, sizeof *lens);
+            idxs = xcalloc(nq, sizeof *idxs);
+            size_t i = 0;
+            for (jreq_t *q = reqs; q; q = q->next, i++) {
+                datas[i] = q->data;
+                lens[i] = q->len;
+            }
+            ndone = j->ops->append_many(j, term, nq, datas, lens, idxs, &err);
+            free(datas);
+            free(lens);
+        }
+        for (size_t qi = 0; reqs; qi++) {
             jreq_t *q = reqs;
             reqs = q->next;
             uint64_t idx = 0;
-            bool ok = !deposed && j->ops->append(j, term, q->data, q->len, &idx, &err) == 0;
+            bool ok;
+            if (idxs) {
+                ok = qi < ndone;
+                idx = ok ? idxs[qi] : 0;
+            } else {
+                ok = !deposed && j->ops->append(j, term, q->data, q->len, &idx, &err) == 0;
+            }
             if (!ok && !deposed) {
                 log_warn(ROLE, "%s: append failed (%s): deposed", s->id, err.msg);
                 deposed = true;
@@ -386,6 +411,7 @@ static void *jt_main(void *arg)
             free(q->data);
             free(q);
         }
+        free(idxs);
         if (snap && !deposed) {
             if (j->ops->snapshot(j, term, snap_upto, snap, snap_len, &err) < 0) {
                 log_warn(ROLE, "snapshot at %llu: %s", (unsigned long long)snap_upto, err.msg);
