@@ -30,6 +30,7 @@ typedef struct backend_lease {
     env_t *env;            /* local: the environment itself */
     char env_id[40];       /* remote: the environment's id ... */
     char worker[160];      /* ... and its worker's RPC address */
+    int shard;             /* remote: the assignment group that handed it out */
 } backend_lease_t;
 
 /* acquire's outcome: r->status as assignment.h; lease valid when OK. */
@@ -71,9 +72,14 @@ struct backend {
 backend_t *backend_local_new(assignment_t *assignment, placement_t *placement);
 
 /* The distributed backend: assignment replicas at the comma-separated RPC
- * addresses (any order: the leader is found and followed), and placement
- * at placement_address (for status; may be NULL); data_dir (may be NULL)
- * is where `flicker up` lists its role processes (run/roles.json). */
+ * addresses (any order: the leader is found and followed); a table sharded
+ * by function has one such list per shard, separated by ';' (a function's
+ * shard is a hash of its name; the account's unreserved concurrency is
+ * split evenly between shards, reserved concurrency stays exact).
+ * Placement at placement_address (status, SnapStart; may be NULL); data_dir
+ * (may be NULL) is where `flicker up` lists its role processes
+ * (run/roles.json). */
 backend_t *backend_remote_new(struct event_base *base, const char *assignment_addresses,
-                              const char *placement_address, const char *data_dir, err_t *err);
+                              const char *placement_address, const char *data_dir,
+                              int account_concurrency, err_t *err);
 #endif

@@ -260,8 +260,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 }
 
 int supervise_main(const char *host, int port, const char *data_arg, bool no_auth, int keep_alive_s,
-                   int account_concurrency, int workers, const char *isolation, int argc,
-                   char **argv)
+                   int account_concurrency, int workers, int shards, const char *isolation,
+                   int argc, char **argv)
 {
     err_t err = {0};
     char data[PATH_MAX];
@@ -282,7 +282,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     /* Unix socket paths must fit sun_path (108 bytes): a deep data
      * directory gets its sockets in a short per-data-dir directory. */
     char *sockets = NULL;
-    if (strlen(run) + sizeof "/assignment-99.sock" > 100) {
+    if (strlen(run) + sizeof "/assignment-s99-9.sock" > 100) {
         char hex[65];
         sha256_hex(data, strlen(data), hex);
         sockets = xasprintf("/tmp/flicker-%.16s", hex);
@@ -294,7 +294,8 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     mkdir_p(journal_dir, 0700, NULL);
 
     supervisor_t s = {0};
-    char buf[PATH_MAX + 64], asg_list[4 * (PATH_MAX + 16)] = "";
+    char buf[PATH_MAX + 64], *asg_list = xcalloc(1, (size_t)shards * 4 * (PATH_MAX + 16));
+    size_t asg_list_size = (size_t)shards * 4 * (PATH_MAX + 16);
     char placement_addr[PATH_MAX + 16];
     snprintf(placement_addr, sizeof placement_addr, "unix:%s/placement.sock", sockets);
 
@@ -306,30 +307,50 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     add_arg(r, "--data");
     add_arg(r, data);
 
-    for (int i = 1; i <= 3; i++) {
-        char name[32];
-        snprintf(name, sizeof name, "assignment-%d", i);
-        r = new_role(&s, name);
-        snprintf(buf, sizeof buf, "unix:%s/%s.sock", sockets, name);
-        size_t used = strlen(asg_list);
-        snprintf(asg_list + used, sizeof asg_list - used, "%s%s", used ? "," : "", buf);
-        add_arg(r, "serve");
-        add_arg(r, "assignment");
-        add_arg(r, "--listen");
-        add_arg(r, buf);
-        add_arg(r, "--id");
-        add_arg(r, name);
-        snprintf(buf, sizeof buf, "file:%s", journal_dir);
-        add_arg(r, "--journal");
-        add_arg(r, buf);
-        add_arg(r, "--placement");
-        add_arg(r, placement_addr);
-        snprintf(buf, sizeof buf, "%d", keep_alive_s);
-        add_arg(r, "--keep-alive");
-        add_arg(r, buf);
-        snprintf(buf, sizeof buf, "%d", account_concurrency);
-        add_arg(r, "--account-concurrency");
-        add_arg(r, buf);
+    /* The assignment table, sharded by function when asked: each shard is
+     * a group of three replicas with its own journal; shard 1's replicas
+     * are assignment-1..3 over DATA/journal, shard K's assignment-sK-1..3
+     * over DATA/journal-sK.  The frontend gets the groups separated by ';'. */
+    for (int shard = 1; shard <= shards; shard++) {
+        char jdir[PATH_MAX + 32];
+        if (shard == 1)
+            snprintf(jdir, sizeof jdir, "%s", journal_dir);
+        else
+            snprintf(jdir, sizeof jdir, "%s-s%d", journal_dir, shard);
+        mkdir_p(jdir, 0700, NULL);
+        if (shard > 1) {
+            size_t used = strlen(asg_list);
+            snprintf(asg_list + used, asg_list_size - used, ";");
+        }
+        for (int i = 1; i <= 3; i++) {
+            char name[32];
+            if (shard == 1)
+                snprintf(name, sizeof name, "assignment-%d", i);
+            else
+                snprintf(name, sizeof name, "assignment-s%d-%d", shard, i);
+            r = new_role(&s, name);
+            snprintf(buf, sizeof buf, "unix:%s/%s.sock", sockets, name);
+            size_t used = strlen(asg_list);
+            snprintf(asg_list + used, asg_list_size - used, "%s%s",
+                     used && asg_list[used - 1] != ';' ? "," : "", buf);
+            add_arg(r, "serve");
+            add_arg(r, "assignment");
+            add_arg(r, "--listen");
+            add_arg(r, buf);
+            add_arg(r, "--id");
+            add_arg(r, name);
+            snprintf(buf, sizeof buf, "file:%s", jdir);
+            add_arg(r, "--journal");
+            add_arg(r, buf);
+            add_arg(r, "--placement");
+            add_arg(r, placement_addr);
+            snprintf(buf, sizeof buf, "%d", keep_alive_s);
+            add_arg(r, "--keep-alive");
+            add_arg(r, buf);
+            snprintf(buf, sizeof buf, "%d", account_concurrency);
+            add_arg(r, "--account-concurrency");
+            add_arg(r, buf);
+        }
     }
 
     struct sysinfo si;
@@ -367,11 +388,13 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--split") || !strcmp(argv[i], "--embedded"))
             continue;
-        if (!strcmp(argv[i], "--workers") || !strcmp(argv[i], "--data")) {
+        if (!strcmp(argv[i], "--workers") || !strcmp(argv[i], "--data") ||
+            !strcmp(argv[i], "--assignment-shards")) {
             i++;
             continue;
         }
-        if (!strncmp(argv[i], "--workers=", 10) || !strncmp(argv[i], "--data=", 7))
+        if (!strncmp(argv[i], "--workers=", 10) || !strncmp(argv[i], "--data=", 7) ||
+            !strncmp(argv[i], "--assignment-shards=", 20))
             continue;
         add_arg(r, argv[i]);
     }
@@ -426,6 +449,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     free(sockets);
     free(run);
     free(journal_dir);
+    free(asg_list);
     close(lock_fd);
     log_info("up", "stopped%s", s.unclean ? " (some roles did not stop cleanly)" : "");
     return s.unclean || s.fatal ? 1 : 0;

@@ -50,6 +50,7 @@ typedef struct up_options {
     int retry_delays[2];
     bool split;               /* up: one process per role (supervise.c) */
     int workers;              /* up --split: worker processes */
+    int shards;               /* up --split: assignment table shards */
     const char *assignment;   /* serve frontend: replica addresses */
     const char *placement;    /* serve frontend: placement address */
     bool frontend_only;       /* serve frontend */
@@ -79,6 +80,8 @@ static void usage(void)
            "  --embedded                every role in this one process (default: one\n"
            "                            supervised process per role, as --split)\n"
            "  --workers N               worker processes (default 1)\n"
+           "  --assignment-shards N     split the assignment table by function over N\n"
+           "                            leader groups of 3 replicas (default 1)\n"
            "  --isolation KIND          sandbox (default) or microvm: what isolates each\n"
            "                            execution environment (a function's tag\n"
            "                            flicker:isolation overrides it)\n"
@@ -196,6 +199,7 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
         {"embedded", no_argument, 0, 'E'},
         {"assignment", required_argument, 0, 'A'}, {"placement", required_argument, 0, 'P'},
         {"isolation", required_argument, 0, 'I'},
+        {"assignment-shards", required_argument, 0, 'N'},
         {0, 0, 0, 0},
     };
     int c;
@@ -218,6 +222,13 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
         case 'S': o->split = true; break;
         case 'E': o->split = false; break;
         case 'W': o->workers = atoi(optarg); break;
+        case 'N':
+            o->shards = atoi(optarg);
+            if (o->shards < 1 || o->shards > 16) {
+                fprintf(stderr, "%s: --assignment-shards wants 1-16\n", who);
+                return 2;
+            }
+            break;
         case 'A': o->assignment = optarg; break;
         case 'P': o->placement = optarg; break;
         case 'I':
@@ -252,7 +263,7 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
 static const up_options_t default_options = {
     .host = "127.0.0.1", .port = 9000, .data = "./.flicker", .keep_alive_s = 600,
     .account_concurrency = 1000, .region = "us-east-1", .account_id = "000000000000",
-    .grace_s = 5, .retry_delays = {60, 120}, .workers = 1, .isolation = "sandbox",
+    .grace_s = 5, .retry_delays = {60, 120}, .workers = 1, .shards = 1, .isolation = "sandbox",
 };
 
 static int run(up_options_t o);
@@ -266,7 +277,7 @@ int up_main(int argc, char **argv)
         return rc;
     if (o.split)
         return supervise_main(o.host, o.port, o.data, o.no_auth, o.keep_alive_s,
-                              o.account_concurrency, o.workers, o.isolation, argc, argv);
+                              o.account_concurrency, o.workers, o.shards, o.isolation, argc, argv);
     return run(o);
 }
 
@@ -369,7 +380,8 @@ static int run(up_options_t o)
         .state_dir = data,
     };
     if (o.frontend_only) {
-        backend = backend_remote_new(base, o.assignment, o.placement, data, &err);
+        backend = backend_remote_new(base, o.assignment, o.placement, data, o.account_concurrency,
+                                     &err);
         if (!backend) {
             log_error("frontend", "%s", err.msg);
             goto out;
