@@ -10,6 +10,10 @@
  * protocol error: the host destroys the VM, the agent drops the frame and
  * resynchronises never (it treats the channel as broken and powers off).
  *
+ * The stream field is 0 in every frame that is not about a stream (HELLO,
+ * START, LOG, EXIT, RESTORE, RESTORED, FAULT); the agent refuses a START or
+ * RESTORE with any other value.
+ *
  * Streams relay the runtime's TCP connections to 127.0.0.1:9001 in the
  * guest to the worker's Runtime API: the agent opens stream ids (1, 2, ...,
  * never reused within a boot), DATA carries bytes either way, CLOSE ends a
@@ -94,7 +98,7 @@ void vmproto_reset(vmproto_decoder_t *d);
 
 /* START payload: u32 argc, u32 envc, then argc + envc NUL-terminated
  * strings.  encode returns a malloc'd buffer and its size in *len (NULL if
- * over VMPROTO_MAX_PAYLOAD).  decode fills malloc'd NULL-terminated arrays
+ * argv is empty or the payload would exceed VMPROTO_MAX_PAYLOAD).  decode fills malloc'd NULL-terminated arrays
  * of pointers into a malloc'd copy (free with vmproto_free_start); returns 0
  * or -1 when malformed. */
 uint8_t *vmproto_encode_start(char *const *argv, char *const *envp, uint32_t *len);
