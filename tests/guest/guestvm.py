@@ -17,6 +17,7 @@ both ways), so a real runtime in the guest talks to a real HTTP server on
 the host through the agent.
 """
 
+import ctypes
 import json
 import os
 import selectors
@@ -48,6 +49,12 @@ SBX_ENV = [
     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE=128",
     "AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001",
 ]
+
+
+def _die_with_parent():
+    """In the forked QEMU: SIGKILL when the test process goes away, so an
+    interrupted run leaves no VM behind (PR_SET_PDEATHSIG = 1)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)
 
 
 def guest_dir():
@@ -167,7 +174,7 @@ class GuestVM:
         self.started_at = time.monotonic()
         with open(self.qemu_log, "ab") as log:
             self.proc = subprocess.Popen(self.argv(incoming), stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log)
+                                         stdout=log, stderr=log, preexec_fn=_die_with_parent)
         self.sock = self._connect(self.sock_path)
         self.sel.register(self.sock, selectors.EVENT_READ, None)
         qs = self._connect(self.qmp_path)
