@@ -95,6 +95,7 @@
 #define STREAM_BUF_MAX (8u << 20) /* queued bytes toward one connection: stop reading the port above */
 #define PENDING_MAX (64 * 1024)  /* request bytes kept per stream for replay after restore */
 #define MAX_STREAMS 256          /* connections at once; more wait in the listen backlog */
+#define PORT_RETRY_MS 10         /* how often a port without a host is looked at */
 #define EXIT_DRAIN_MS 2000       /* after the runtime died: how long to wait for the pipe's end */
 #define TMPFS_TMP_OPTS "mode=1777,size=512m"
 #define BOOT_ID_FILE "/run/flicker/boot_id"
@@ -203,6 +204,7 @@ typedef struct stream {
 static struct {
     int port;            /* the host channel */
     bool port_down;      /* read gave EOF: no host connected; poll it slowly */
+    struct timespec port_retry; /* when to look at a down port again */
     vmproto_decoder_t dec;
     queue_t out;         /* whole frames toward the host */
     int listen_fd;
@@ -940,7 +942,15 @@ static void read_port(void)
     uint8_t buf[IO_CHUNK];
     ssize_t n = read(A.port, buf, sizeof buf);
     if (n == 0) {
-        A.port_down = true; /* no host on the other end (yet, or any more) */
+        /* No host on the other end (yet, or any more): poll() would report
+         * POLLHUP at once, so leave the port out of it for PORT_RETRY_MS. */
+        A.port_down = true;
+        clock_gettime(CLOCK_MONOTONIC, &A.port_retry);
+        A.port_retry.tv_nsec += PORT_RETRY_MS * 1000000L;
+        if (A.port_retry.tv_nsec >= 1000000000L) {
+            A.port_retry.tv_sec++;
+            A.port_retry.tv_nsec -= 1000000000L;
+        }
         return;
     }
     if (n < 0) {
@@ -983,13 +993,18 @@ static void loop(void)
         }
         bool out_full = A.out.bytes > OUT_HIGH;
         int timeout = -1;
+        if (A.port_down) {
+            long left = ms_until(&A.port_retry);
+            if (left <= 0)
+                A.port_down = false; /* look at the port again */
+            else
+                timeout = (int)left;
+        }
         pfd[P_PORT] = (struct pollfd){A.port_down ? -1 : A.port, 0, 0};
         if (!streams_backlogged())
             pfd[P_PORT].events |= POLLIN;
         if (A.out.head)
             pfd[P_PORT].events |= POLLOUT;
-        if (A.port_down)
-            timeout = 10; /* poll reports POLLHUP at once while no host is there */
         pfd[P_LISTEN] = (struct pollfd){
             out_full || A.n_streams >= MAX_STREAMS ? -1 : A.listen_fd, POLLIN, 0};
         pfd[P_SIG] = (struct pollfd){A.sig_fd, POLLIN, 0};
@@ -1019,8 +1034,6 @@ static void loop(void)
                 continue;
             fault("poll: %s", strerror(errno));
         }
-        if (A.port_down && r == 0)
-            A.port_down = false; /* look at the port again */
 
         if (pfd[P_SIG].revents)
             reap_children();
