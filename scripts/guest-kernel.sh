@@ -13,8 +13,9 @@
 # vmlinux, config and build.log, where <key> is the first 16 hex digits of
 # sha256(fragment, linux-source-6.1 package version, RECIPE).  A cache entry
 # appears atomically (built in a temporary sibling, then renamed) and is
-# never rebuilt; concurrent callers wait on a lock file.  Nothing is written
-# in the work tree.
+# never rebuilt; concurrent callers wait on a lock file.  Only the
+# FLICKER_CACHE_KEEP (default 3) most recently used kernels are kept.
+# Nothing is written in the work tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -33,7 +34,17 @@ ver=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null) || die "linux-
 key=$( { cat "$FRAG"; printf '\n%s\n%s\n' "$ver" "$RECIPE"; } | sha256sum | cut -c1-16)
 dir=$CACHE/kernel-$key
 
+# Keeps the FLICKER_CACHE_KEEP (default 3) most recently used kernels; each
+# use refreshes an entry's mtime.
+prune() {
+    ls -1dt "$CACHE"/kernel-*/ 2>/dev/null | tail -n +$((${FLICKER_CACHE_KEEP:-3} + 1)) | while read -r old; do
+        rm -rf "$old"
+    done
+}
+
 publish() {
+    touch "$dir"
+    prune
     if [ -n "$link" ]; then
         mkdir -p "$(dirname "$link")"
         ln -sfn "$dir/vmlinux" "$link"

@@ -23,7 +23,9 @@
 # mkfs.erofs, renamed into place).  Images are uncompressed (no
 # decompression cost in the guest, pages are read straight from the shared
 # file) and reproducible (fixed timestamp, UUID from the key, all root).
-# Nothing is written in the work tree except the OUTDIR links.
+# Only the FLICKER_CACHE_KEEP (default 4) most recently used images of each
+# family are kept.  Nothing is written in the work tree except the OUTDIR
+# links.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -236,6 +238,15 @@ stage_plan() {
     done <"$plan"
 }
 
+# Keeps the KEEP most recently used images of a family (other work trees
+# may link to older ones; each use refreshes an image's mtime).
+KEEP=${FLICKER_CACHE_KEEP:-4}
+prune() {
+    ls -1t "$CACHE"/rootfs-"$1"-*.erofs 2>/dev/null | tail -n +$((KEEP + 1)) | while read -r old; do
+        rm -f "$old"
+    done
+}
+
 build_image() {
     local fam=$1 plan key img tmp
     plan=$(mktemp)
@@ -268,6 +279,8 @@ build_image() {
         echo "guest-rootfs: built $img ($(du -h "$img" | cut -f1), $((SECONDS - start)) s)" >&2
     fi
     rm -f "$plan"
+    touch "$img" # in use: pruning keeps the most recently used
+    prune "$fam"
     mkdir -p "$OUTDIR"
     ln -sfn "$img" "$OUTDIR/rootfs-$fam.erofs"
     echo "$img"
