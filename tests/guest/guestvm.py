@@ -167,7 +167,7 @@ class GuestVM:
             a += ["-incoming", "exec:cat " + incoming]
         return a
 
-    def start(self, incoming=None):
+    def start(self, incoming=None, connect_delay=0):
         for p in (self.sock_path, self.qmp_path):
             if os.path.exists(p):
                 os.unlink(p)
@@ -175,6 +175,8 @@ class GuestVM:
         with open(self.qemu_log, "ab") as log:
             self.proc = subprocess.Popen(self.argv(incoming), stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, preexec_fn=_die_with_parent)
+        if connect_delay:
+            time.sleep(connect_delay)  # the guest boots with no host on the port
         self.sock = self._connect(self.sock_path)
         self.sel.register(self.sock, selectors.EVENT_READ, None)
         qs = self._connect(self.qmp_path)

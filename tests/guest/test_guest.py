@@ -201,6 +201,15 @@ def test_hello_and_provided_bootstrap(make_vm, record_property):
     assert vm.proc.poll() is None, "the VM went away after EXIT"
 
 
+def test_host_connects_late(make_vm):
+    # The agent boots, finds nobody on the port, and waits: HELLO and the
+    # runtime's output arrive once the host connects.
+    code = {"bootstrap": ("#!/bin/sh\necho late-host-ok\n", 0o755)}
+    vm = make_vm("provided", code=code).start(connect_delay=4)
+    status, _ = vm.run_to_exit(["/var/task/bootstrap"])
+    assert status == 0 and "late-host-ok\n" in vm.log.decode()
+
+
 def test_python_one_liner(make_vm):
     vm = make_vm("python").start()
     status, _ = vm.run_to_exit(
