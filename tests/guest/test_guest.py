@@ -319,6 +319,22 @@ def test_nodejs_runtime_through_stream_relay(make_vm, fake_api):
     assert r["echo"] == {"k": [1, 2, 3]} and r["uid"] == 993 and r["node"].startswith("v20.")
 
 
+def test_provided_curl_runtime_through_stream_relay(make_vm, fake_api):
+    # tests/functions/provided_echo: a custom runtime in sh + curl + awk.
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "functions", "provided_echo", "bootstrap")) as f:
+        bootstrap = f.read()
+    api = fake_api()
+    vm = make_vm("provided", code={"bootstrap": (bootstrap, 0o755)}, api=api.address).start()
+    vm.wait_frame(g.HELLO)
+    vm.send_start(["/var/task/bootstrap"], runtime_env("whatever.handler"))
+    api.invoke("req-sh", {"from": "curl"})
+    wait_api(vm, api, lambda a: "req-sh" in a.responses or a.errors)
+    r = json.loads(api.responses["req-sh"])
+    assert r["echo"] == {"from": "curl"} and r["request_id"] == "req-sh", r
+    assert "provided_echo handling req-sh" in vm.log.decode()
+
+
 def test_oom_kill_is_reported(make_vm):
     vm = make_vm("python", mem_mb=128).start()
     status, ooms = vm.run_to_exit(
