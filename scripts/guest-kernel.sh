@@ -16,6 +16,9 @@
 # never rebuilt; concurrent callers wait on a lock file.  Only the
 # FLICKER_CACHE_KEEP (default 3) most recently used kernels are kept.
 # Nothing is written in the work tree.
+# The body is one block, read whole before it runs: editing this file
+# while a (long) build runs cannot change what that build executes.
+{
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -107,3 +110,5 @@ rm -rf "$dir"
 mv "$out" "$dir"
 echo "guest-kernel: kernel-$key built in $(( $(date +%s) - start )) s" >&2
 publish
+exit
+}

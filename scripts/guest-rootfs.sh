@@ -26,6 +26,9 @@
 # Only the FLICKER_CACHE_KEEP (default 4) most recently used images of each
 # family are kept.  Nothing is written in the work tree except the OUTDIR
 # links.
+# The body is one block, read whole before it runs: editing this file
+# while a (long) build runs cannot change what that build executes.
+{
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -289,3 +292,5 @@ build_image() {
 for fam in "${families[@]}"; do
     build_image "$fam"
 done
+exit
+}
