@@ -337,7 +337,8 @@ class GuestVM:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("timed out waiting for %s\n%s" % (what, self.diagnostics()))
-            for key, _ in self.sel.select(min(left, 0.5)):
+            # short: until() may wait on other threads (the fake Runtime API)
+            for key, _ in self.sel.select(min(left, 0.02)):
                 if key.fileobj is self.sock:
                     self._read_port()
                 elif key.data in self.conns:
