@@ -744,7 +744,10 @@ static void stream_read(stream_t *s)
         stream_note_request(s, buf, (size_t)n);
         send_frame(VM_DATA, s->id, buf, (uint32_t)n);
     } else if (n == 0) {
-        stream_guest_gone(s, s->host_closed);
+        /* The first EOF keeps the socket for the host's remaining bytes; we
+         * get here again only through POLLHUP/POLLERR (POLLIN is no longer
+         * asked for), and then the connection is dead. */
+        stream_guest_gone(s, s->host_closed || s->sent_close);
     } else if (errno != EAGAIN && errno != EINTR) {
         stream_guest_gone(s, true);
     }
