@@ -335,6 +335,47 @@ def test_provided_curl_runtime_through_stream_relay(make_vm, fake_api):
     assert "provided_echo handling req-sh" in vm.log.decode()
 
 
+STREAM_CLIENT = """
+import socket
+s = socket.create_connection(("127.0.0.1", 9001))
+s.sendall(b"ping")
+s.shutdown(socket.SHUT_WR)
+data = b""
+while True:
+    d = s.recv(100)
+    if not d:
+        break
+    data += d
+print("got", data.decode())
+s2 = socket.create_connection(("127.0.0.1", 9001))
+print("eof2", s2.recv(10) == b"")
+s2.sendall(b"after-host-close")
+s2.close()
+"""
+
+
+def test_stream_close_semantics(make_vm):
+    # Each direction ends on its own: the runtime's half-close is a CLOSE,
+    # the host's CLOSE is an EOF for the runtime, which may still send.
+    vm = make_vm("python").start()
+    vm.wait_frame(g.HELLO)
+    vm.send_start(["/usr/bin/python3", "-c", STREAM_CLIENT])
+    _, sid1, _ = vm.wait_frame(g.OPEN)
+    vm.pump(lambda: any(t == g.CLOSE and s == sid1 for t, s, _ in vm.frames), what="CLOSE of stream 1")
+    assert b"".join(p for t, s, p in vm.frames if t == g.DATA and s == sid1) == b"ping"
+    vm.send(g.DATA, sid1, b"pong")
+    vm.send(g.CLOSE, sid1)
+    n = len(vm.frames)
+    _, sid2, _ = vm.wait_frame(g.OPEN, since=n)
+    assert sid2 > sid1
+    vm.send(g.CLOSE, sid2)
+    vm.pump(lambda: any(t == g.CLOSE and s == sid2 for t, s, _ in vm.frames), what="CLOSE of stream 2")
+    assert b"".join(p for t, s, p in vm.frames if t == g.DATA and s == sid2) == b"after-host-close"
+    _, _, p = vm.wait_frame(g.EXIT)
+    assert g.decode_exit(p)[0] == 0, vm.diagnostics()
+    assert "got pong\neof2 True\n" in vm.log.decode()
+
+
 def test_oom_kill_is_reported(make_vm):
     vm = make_vm("python", mem_mb=128).start()
     status, ooms = vm.run_to_exit(
