@@ -194,7 +194,7 @@ if [ -n "${built[$guest_build]:-}" ]; then
     fi
     log="$OUT/make-guest.log"
     if make "${make_args[@]}" >"$log" 2>&1; then
-        grep -E '^guest-(kernel|rootfs):' "$log" || true
+        grep -E '^(guest-(kernel|rootfs):|/)' "$log" || true
         echo "ok"
     else
         tail -n 40 "$log"
