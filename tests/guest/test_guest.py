@@ -279,12 +279,17 @@ def test_exec_failure_and_orphans(make_vm):
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 127
     assert "exec /var/task/bootstrap: No such file or directory" in vm.log.decode()
 
-    code = {"bootstrap": ("#!/bin/sh\n(sleep 3; echo orphan-survived) &\necho parent-done\n", 0o755)}
+    # An orphan that exits while the runtime lives is reaped by the agent
+    # (no zombie); one still running when the runtime exits is killed.
+    code = {"bootstrap": ("#!/bin/sh\n( true & )\nsleep 1\n"
+                          "echo \"zombies $(cat /proc/[0-9]*/stat 2>/dev/null | awk '$3 == \"Z\"' | wc -l)\"\n"
+                          "(sleep 3; echo orphan-survived) &\necho parent-done\n", 0o755)}
     vm2 = make_vm("provided", code=code).start()
     status, _ = vm2.run_to_exit(["/var/task/bootstrap"])
     assert status == 0
     vm2.settle(4)
     assert "parent-done" in vm2.log.decode()
+    assert "zombies 0\n" in vm2.log.decode(), vm2.log.decode()
     assert "orphan-survived" not in vm2.log.decode()  # killed with the runtime
 
 
