@@ -200,17 +200,22 @@ make_plan() {
     plan_base | grep '^applet' || true
 }
 
-# sha256 of everything the image is made of.
+# sha256 of everything the image is made of.  The agent's and the work
+# tree's paths are replaced by tokens (their content is hashed instead), so
+# every work tree and build directory with the same inputs shares an image.
 plan_key() {
     local plan=$1
     {
         sha256sum "$SELF" | cut -d' ' -f1
         mkfs.erofs --help 2>&1 | head -1
         mkfs.erofs -V 2>&1 | head -1 || true
-        cat "$plan"
+        awk -v a="$AGENT" -v r="$ROOT/" '{
+            if ($2 == a) $2 = "@AGENT"; else if (index($2, r) == 1) $2 = "@ROOT/" substr($2, length(r) + 1)
+            print }' "$plan"
         awk '$1 == "file" {print $2}' "$plan" | while read -r src; do
             case $src in
-            "$ROOT"/* | "$AGENT") echo "$src $(sha256sum <"$src" | cut -d' ' -f1)" ;;
+            "$AGENT") echo "@AGENT $(sha256sum <"$src" | cut -d' ' -f1)" ;;
+            "$ROOT"/*) echo "@ROOT/${src#"$ROOT"/} $(sha256sum <"$src" | cut -d' ' -f1)" ;;
             *) stat -L -c '%n %s %Y' "$src" ;;
             esac
         done
