@@ -8,7 +8,11 @@
  * all little-endian, header VMPROTO_HDR bytes, len <= VMPROTO_MAX_PAYLOAD.
  * Anything else (unknown type, non-zero flags/reserved, oversize len) is a
  * protocol error: the host destroys the VM, the agent drops the frame and
- * resynchronises never (it treats the channel as broken and powers off).
+ * resynchronises never (it treats the channel as broken: it sends FAULT and
+ * reboots, which ends QEMU when it runs with -no-reboot).  The agent also
+ * answers frames that are well formed but wrong for it (a type only the
+ * agent sends, a second START, DATA for a stream it never opened, ...) with
+ * FAULT; see docs/guest.md.
  *
  * The stream field is 0 in every frame that is not about a stream (HELLO,
  * START, LOG, EXIT, RESTORE, RESTORED, FAULT); the agent refuses a START or
