@@ -24,9 +24,10 @@ UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 INIT_BIN  := $(BUILD)/flicker-init
 BENCH_BIN := $(BUILD)/bench/asg_bench
+AGENT_BIN := $(BUILD)/flicker-agent
 
-.PHONY: all clean test unit bench bench-leader fuzz
-all: $(BUILD)/flicker $(UNIT_BIN) $(INIT_BIN) $(BENCH_BIN)
+.PHONY: all clean test unit bench bench-leader fuzz guest
+all: $(BUILD)/flicker $(UNIT_BIN) $(INIT_BIN) $(AGENT_BIN) $(BENCH_BIN)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -47,6 +48,20 @@ $(BUILD)/flicker: $(BUILD)/obj/src/main.o $(BUILD)/libflicker.a
 $(INIT_BIN): init/flicker-init.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -static -o $@ $<
+
+# The microVM guest agent (PID 1 inside a VM): static and sanitizer-free
+# like flicker-init; it shares the frame codec with the worker.
+$(AGENT_BIN): guest/flicker-agent.c src/worker/vmproto.c src/worker/vmproto.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -Wshadow -Wformat=2 -static -Isrc -o $@ \
+	  guest/flicker-agent.c src/worker/vmproto.c
+
+# The microVM guest: kernel and root images, built once and cached outside
+# the tree (FLICKER_CACHE_DIR, default /var/cache/flicker), linked into
+# $(BUILD)/guest/ where the microvm backend looks for them (docs/guest.md).
+guest: $(AGENT_BIN)
+	scripts/guest-kernel.sh $(BUILD)/guest/vmlinux
+	scripts/guest-rootfs.sh $(AGENT_BIN) $(BUILD)/guest
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libflicker.a
 	@mkdir -p $(dir $@)

@@ -5,6 +5,11 @@
 #   3. unit tests of both builds (scripts/unit.sh prints PASS/FAIL/SKIP)
 #   4. tests/runtimes (if present) and tests/integration with pytest, against
 #      both builds (FLICKER_BUILD=build, then build/asan)
+#   5. the microVM guest: `make guest` for the first build (kernel and root
+#      images are cached in ${FLICKER_CACHE_DIR:-/var/cache/flicker}, so only
+#      a fresh machine or a changed input rebuilds them: ~8 min), then
+#      tests/guest, which boots it under QEMU.  A failed guest build counts as
+#      one failure; tests/guest then reports its tests as skipped.
 # The last line printed is always "N passed, N failed"; skips are reported on
 # the line before and are not counted as passed.  A failed install or build
 # counts as one failure (and its build's tests are not run).  Exits non-zero
@@ -12,7 +17,8 @@
 #
 # Environment: FLICKER_TEST_OUT (results dir, default build/test-results),
 # FLICKER_TEST_BUILDS (default "build build/asan"), PYTEST_ARGS (extra args,
-# e.g. "-k invoke"), FLICKER_SKIP_INSTALL=1 (skip step 1).
+# e.g. "-k invoke"), FLICKER_SKIP_INSTALL=1 (skip step 1),
+# FLICKER_GUEST_CAP (seconds for tests/guest, default 1200).
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -24,6 +30,7 @@ BUILDS=${FLICKER_TEST_BUILDS:-build build/asan}
 # junit report and stops its servers), keeping CI well under 90 minutes.
 INTEGRATION_CAP=${FLICKER_INTEGRATION_CAP:-1200}
 RUNTIMES_CAP=${FLICKER_RUNTIMES_CAP:-600}
+GUEST_CAP=${FLICKER_GUEST_CAP:-1200}
 
 passed=0
 failed=0
@@ -175,6 +182,28 @@ for b in $BUILDS; do
     fi
     run_pytest tests/integration "$b" "$INTEGRATION_CAP"
 done
+
+# ------------------------------------------------------------ microVM guest
+guest_build=${BUILDS%% *}
+if [ -n "${built[$guest_build]:-}" ]; then
+    section "build guest ($guest_build: kernel, agent, root images)"
+    if [ "$guest_build" = build ]; then
+        make_args=(-j2 guest)
+    else
+        make_args=(-j2 SAN=1 "BUILD=$guest_build" guest)
+    fi
+    log="$OUT/make-guest.log"
+    if make "${make_args[@]}" >"$log" 2>&1; then
+        grep -E '^(guest-(kernel|rootfs):|/)' "$log" || true
+        echo "ok"
+    else
+        tail -n 40 "$log"
+        note_failure "make ${make_args[*]} (see $log)"
+    fi
+    run_pytest tests/guest "$guest_build" "$GUEST_CAP"
+else
+    echo "test.sh: not running tests/guest: the build of $guest_build failed"
+fi
 
 # ---------------------------------------------------------------- summary
 section "summary"

@@ -115,6 +115,8 @@ static size_t count(char *const *v)
 uint8_t *vmproto_encode_start(char *const *argv, char *const *envp, uint32_t *len)
 {
     size_t argc = count(argv), envc = count(envp), total = 8;
+    if (argc == 0) /* the decoder refuses a START without a program */
+        return NULL;
     for (size_t i = 0; i < argc; i++)
         total += strlen(argv[i]) + 1;
     for (size_t i = 0; i < envc; i++)

@@ -8,7 +8,15 @@
  * all little-endian, header VMPROTO_HDR bytes, len <= VMPROTO_MAX_PAYLOAD.
  * Anything else (unknown type, non-zero flags/reserved, oversize len) is a
  * protocol error: the host destroys the VM, the agent drops the frame and
- * resynchronises never (it treats the channel as broken and powers off).
+ * resynchronises never (it treats the channel as broken: it sends FAULT and
+ * reboots, which ends QEMU when it runs with -no-reboot).  The agent also
+ * answers frames that are well formed but wrong for it (a type only the
+ * agent sends, a second START, DATA for a stream it never opened, ...) with
+ * FAULT; see docs/guest.md.
+ *
+ * The stream field is 0 in every frame that is not about a stream (HELLO,
+ * START, LOG, EXIT, RESTORE, RESTORED, FAULT); the agent refuses a START or
+ * RESTORE with any other value.
  *
  * Streams relay the runtime's TCP connections to 127.0.0.1:9001 in the
  * guest to the worker's Runtime API: the agent opens stream ids (1, 2, ...,
@@ -94,7 +102,7 @@ void vmproto_reset(vmproto_decoder_t *d);
 
 /* START payload: u32 argc, u32 envc, then argc + envc NUL-terminated
  * strings.  encode returns a malloc'd buffer and its size in *len (NULL if
- * over VMPROTO_MAX_PAYLOAD).  decode fills malloc'd NULL-terminated arrays
+ * argv is empty or the payload would exceed VMPROTO_MAX_PAYLOAD).  decode fills malloc'd NULL-terminated arrays
  * of pointers into a malloc'd copy (free with vmproto_free_start); returns 0
  * or -1 when malformed. */
 uint8_t *vmproto_encode_start(char *const *argv, char *const *envp, uint32_t *len);
