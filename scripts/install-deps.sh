@@ -9,6 +9,7 @@ PKGS=(
   nodejs                                                # Node.js runtime
   zip unzip curl iproute2 procps psmisc util-linux e2fsprogs
   etcd-server etcd-client                               # the distributed journal backend + its tests
+  qemu-system-x86 erofs-utils                           # microVM backend: the VMM, code images
 )
 missing=()
 for p in "${PKGS[@]}"; do
