@@ -1200,6 +1200,123 @@ static void test_vm_snapshot_two_restores(void)
     direct_destroy(&mb, b);
 }
 
+/* "Key:\tvalue" of /proc/pid/status, malloc'd. */
+static char *proc_status(pid_t pid, const char *key)
+{
+    char p[64], line[512];
+    snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(p, "r");
+    char *out = NULL;
+    size_t kl = strlen(key);
+    while (f && !out && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, kl) && line[kl] == ':') {
+            char *v = line + kl + 1;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            v[strcspn(v, "\n")] = 0;
+            out = xstrdup(v);
+        }
+    if (f)
+        fclose(f);
+    return out ? out : xstrdup("");
+}
+
+static bool same_ns(pid_t pid, const char *ns)
+{
+    char a[64], b[64], la[64] = "", lb[64] = "";
+    snprintf(a, sizeof a, "/proc/self/ns/%s", ns);
+    snprintf(b, sizeof b, "/proc/%d/ns/%s", (int)pid, ns);
+    if (readlink(a, la, sizeof la - 1) < 0 || readlink(b, lb, sizeof lb - 1) < 0)
+        return true;
+    return !strcmp(la, lb);
+}
+
+/* QEMU as the jail leaves it, seen from the host: what must be true, and
+ * what must not be reachable. */
+static void test_vm_jail(void)
+{
+    mini_t m;
+    void *h = direct_boot(&m, "provided.al2023", g_code, 128, SH_ARGV, SH_ENVP, NULL, NULL);
+    CHECK(h);
+    pid_t pid = microvm_isolation.pid(h);
+    _cleanup_free_ char *uid = proc_status(pid, "Uid");
+    _cleanup_free_ char *gid = proc_status(pid, "Gid");
+    _cleanup_free_ char *groups = proc_status(pid, "Groups");
+    _cleanup_free_ char *capeff = proc_status(pid, "CapEff");
+    _cleanup_free_ char *capprm = proc_status(pid, "CapPrm");
+    _cleanup_free_ char *capbnd = proc_status(pid, "CapBnd");
+    _cleanup_free_ char *nnp = proc_status(pid, "NoNewPrivs");
+    _cleanup_free_ char *seccomp = proc_status(pid, "Seccomp");
+    _cleanup_free_ char *nspid = proc_status(pid, "NSpid");
+    printf("  QEMU: Uid %s, Groups '%s', CapEff %s, NoNewPrivs %s, Seccomp %s, NSpid %s\n", uid, groups,
+           capeff, nnp, seccomp, nspid);
+    CHECK(atoi(uid) >= 0x60000000 && strtoul(uid, NULL, 10) == strtoul(strrchr(uid, '\t') + 1, NULL, 10));
+    CHECK(atoi(gid) == atoi(uid));
+    CHECK_STR(groups, "");
+    CHECK_STR(capeff, "0000000000000000");
+    CHECK_STR(capprm, "0000000000000000");
+    CHECK_STR(nnp, "1");
+    CHECK_STR(seccomp, "2"); /* QEMU's -sandbox filter */
+    CHECK(strstr(nspid, "\t1")); /* PID 1 of its own pid namespace */
+    static const char *const nss[] = {"mnt", "pid", "net", "ipc", "uts", "cgroup"};
+    for (size_t i = 0; i < ARRAY_LEN(nss); i++) {
+        if (same_ns(pid, nss[i]))
+            printf("  shares the %s namespace\n", nss[i]);
+        CHECK(!same_ns(pid, nss[i]));
+    }
+    /* The root: only what QEMU needs; no /etc, /proc, /sys, /home, /root,
+     * no host /tmp or state dir. */
+    char root[64];
+    snprintf(root, sizeof root, "/proc/%d/root", (int)pid);
+    DIR *d = opendir(root);
+    CHECK(d);
+    char seen[256] = "";
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            strncat(seen, e->d_name, sizeof seen - strlen(seen) - 2);
+            strncat(seen, " ", sizeof seen - strlen(seen) - 1);
+        }
+    closedir(d);
+    printf("  jail root: %s\n", seen);
+    static const char *const absent[] = {"etc", "proc", "sys", "home", "root", "tmp", "var", "run", "bin/sh",
+                                         "usr/bin/sh", "usr/bin/bash", "dev/kvm", "dev/mem", "dev/sda"};
+    for (size_t i = 0; i < ARRAY_LEN(absent); i++) {
+        char p[128];
+        snprintf(p, sizeof p, "%s/%s", root, absent[i]);
+        if (access(p, F_OK) == 0)
+            printf("  reachable in the jail: /%s\n", absent[i]);
+        CHECK(access(p, F_OK) != 0);
+    }
+    char p[160];
+    snprintf(p, sizeof p, "%s/usr/bin/qemu-system-x86_64", root);
+    CHECK(access(p, X_OK) == 0);
+    snprintf(p, sizeof p, "%s/vm/rootfs.img", root);
+    struct stat st;
+    CHECK(stat(p, &st) == 0);
+    int fd = open(p, O_WRONLY); /* read-only bind, even for root */
+    CHECK(fd < 0 && errno == EROFS);
+    snprintf(p, sizeof p, "%s/vm/probe", root);
+    CHECK(open(p, O_WRONLY | O_CREAT, 0600) < 0 && errno == EROFS); /* the root is read-only */
+    /* No network device but loopback. */
+    snprintf(p, sizeof p, "/proc/%d/net/dev", (int)pid);
+    size_t len;
+    _cleanup_free_ char *dev = read_file(p, 65536, &len, NULL);
+    CHECK(dev);
+    int ifaces = 0;
+    for (char *l = strchr(dev, '\n'); l && (l = strchr(l + 1, '\n'));)
+        if (l[1])
+            ifaces++;
+    CHECK(ifaces == 1 && strstr(dev, "lo:"));
+    /* Its cgroup: guest RAM + bounded overhead, a pids limit. */
+    _cleanup_free_ char *inst = cgroup_instance_name();
+    snprintf(p, sizeof p, "/proc/%d/cgroup", (int)pid);
+    _cleanup_free_ char *cg = read_file(p, 65536, &len, NULL);
+    CHECK(cg && strstr(cg, "/vm-direct-"));
+    direct_destroy(&m, h);
+    CHECK(kill(pid, 0) < 0 && errno == ESRCH);
+}
+
 /* Copies the good snapshot to path, with damage applied. */
 static void damaged_copy(const char *path, off_t flip_at, off_t truncate_to)
 {
@@ -1491,6 +1608,7 @@ int main(void)
     RUN_VM(test_vm_oom);
     RUN_VM(test_vm_timeout_leaves_nothing);
     RUN_VM(test_vm_qemu_sigkill);
+    RUN_VM(test_vm_jail);
     RUN_VM(test_vm_snapshot_two_restores);
     RUN_VM(test_vm_corrupt_snapshot);
     RUN_VM(test_vm_python);
