@@ -1090,8 +1090,10 @@ static void make_spec(sandbox_spec_t *sp, char *id, size_t idlen, const char *ru
                       int memory_mb, char *const *argv, char *const *envp)
 {
     snprintf(id, idlen, "direct-%d-%d", (int)getpid(), ++g_seq);
+    /* the code key names the code's content: one per directory here */
     *sp = (sandbox_spec_t){.id = id, .code_dir = code, .memory_mb = memory_mb, .ephemeral_mb = 512,
-                           .argv = argv, .envp = envp, .runtime = runtime, .code_key = "direct-code",
+                           .argv = argv, .envp = envp, .runtime = runtime,
+                           .code_key = code == g_pycode ? "direct-pycode" : "direct-code",
                            .state_dir = g_state};
 }
 
@@ -1402,6 +1404,38 @@ static uint64_t smaps_kb(pid_t pid, const char *key)
     return v;
 }
 
+/* QEMU's resident memory split into guest RAM (the mapping of exactly
+ * the guest's size), the TCG translation cache (exactly tb-size) and the
+ * rest (QEMU itself), in KiB. */
+static void qemu_memory(pid_t pid, int guest_mb, int tb_mb, uint64_t *guest, uint64_t *tb, uint64_t *rest)
+{
+    char p[64], line[512];
+    snprintf(p, sizeof p, "/proc/%d/smaps", (int)pid);
+    FILE *f = fopen(p, "r");
+    *guest = *tb = *rest = 0;
+    unsigned long long lo = 0, hi = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long long a, b;
+        if (sscanf(line, "%llx-%llx ", &a, &b) == 2) {
+            lo = a;
+            hi = b;
+            continue;
+        }
+        unsigned long long kb;
+        if (sscanf(line, "Rss: %llu kB", &kb) == 1) {
+            unsigned long long size_kb = (hi - lo) >> 10;
+            if (size_kb == (unsigned long long)guest_mb << 10)
+                *guest += kb;
+            else if (size_kb == (unsigned long long)tb_mb << 10)
+                *tb += kb;
+            else
+                *rest += kb;
+        }
+    }
+    if (f)
+        fclose(f);
+}
+
 static void bench_family(const char *label, const char *runtime, const char *code, int memory_mb,
                          char *const *argv, char *const *envp, int n)
 {
@@ -1475,13 +1509,18 @@ static void test_vm_bench(void)
             usleep(20000);
     double all_s = (double)(now_mono_us() - t0) / 1e6;
     usleep(1500000); /* let the runtimes settle in GET /next */
-    uint64_t rss = 0, pss = 0, anon = 0, peak = 0;
+    uint64_t rss = 0, pss = 0, anon = 0, peak = 0, guest = 0, tb = 0, rest = 0;
     for (int i = 0; i < made; i++) {
         pid_t pid = microvm_isolation.pid(hs[i]);
         rss += smaps_kb(pid, "Rss");
         pss += smaps_kb(pid, "Pss");
         anon += smaps_kb(pid, "Anonymous");
         peak += microvm_isolation.memory_peak(hs[i]) >> 10;
+        uint64_t g, t, r;
+        qemu_memory(pid, 128, 32, &g, &t, &r);
+        guest += g;
+        tb += t;
+        rest += r;
     }
     printf("  bench starts: %d VMs created in %.2f s (%.1f creates/s), all said HELLO after %.2f s "
            "(%.2f booted VMs/s on %ld cores)\n",
@@ -1491,6 +1530,11 @@ static void test_vm_bench(void)
                "cgroup peak %llu KiB\n",
                (unsigned long long)(rss / made), (unsigned long long)(pss / made),
                (unsigned long long)(anon / made), (unsigned long long)(peak / made));
+    if (made)
+        printf("  bench QEMU resident per VM: guest RAM touched %llu KiB, TCG translation cache %llu KiB, "
+               "QEMU itself %llu KiB (of which shared libraries/binary are shared between VMs)\n",
+               (unsigned long long)(guest / made), (unsigned long long)(tb / made),
+               (unsigned long long)(rest / made));
     for (int i = 0; i < made; i++)
         microvm_isolation.destroy(hs[i], NULL);
 }
