@@ -1053,8 +1053,10 @@ static int vm_create_params(const vm_params_t *p, microvm_t **out, err_t *err)
         l.files[l.nfiles++] = (vmm_file_t){code, "/vm/code.img", false};
     if (vm->tmp_img)
         l.files[l.nfiles++] = (vmm_file_t){vm->tmp_img, "/vm/tmp.img", true};
+    uint64_t t_spawn = now_mono_us();
     if (vmm_spawn(&l, &vm->pid, &vm->pidfd, err) < 0)
         goto fail;
+    double spawn_ms = (double)(now_mono_us() - t_spawn) / 1000.0;
     close(chan[1]);
     close(qmpfd[1]);
     close(errp[1]);
@@ -1093,6 +1095,7 @@ static int vm_create_params(const vm_params_t *p, microvm_t **out, err_t *err)
          * the file's contents; then wait for the load, resume, and let the
          * guest regain uniqueness. */
         unsigned char content[32];
+        uint64_t t_digest = now_mono_us();
         if (snap_digest(snap_fd, &sh, content, err) < 0) {
             err_wrap(err, "snapshot %s", p->restore_from);
             goto fail;
@@ -1102,6 +1105,7 @@ static int vm_create_params(const vm_params_t *p, microvm_t **out, err_t *err)
                     "checksum)", p->restore_from);
             goto fail;
         }
+        double digest_ms = (double)(now_mono_us() - t_digest) / 1000.0;
         uint64_t deadline = now_mono_ms() + LOAD_TIMEOUT_MS;
         char *st = NULL;
         for (;;) {
@@ -1140,8 +1144,13 @@ static int vm_create_params(const vm_params_t *p, microvm_t **out, err_t *err)
             goto fail;
         }
         vm->restored = true;
-        log_debug(ROLE, "vm %s restored from %s: state loaded in %.1f ms, RESTORED after %.1f ms", vm->id,
-                  p->restore_from, load_ms, (double)(now_mono_us() - t0) / 1000.0);
+        log_debug(ROLE, "vm %s restored from %s: prepared in %.1f ms, jail+exec %.1f ms, contents checked "
+                  "in %.1f ms, state loaded at %.1f ms, RESTORED at %.1f ms", vm->id, p->restore_from,
+                  (double)(t_spawn - t0) / 1000.0, spawn_ms, digest_ms, load_ms,
+                  (double)(now_mono_us() - t0) / 1000.0);
+    } else {
+        log_debug(ROLE, "vm %s: prepared in %.1f ms, jail+exec %.1f ms", vm->id,
+                  (double)(t_spawn - t0) / 1000.0, spawn_ms);
     }
 
     free(start);

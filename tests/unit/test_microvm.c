@@ -1581,8 +1581,11 @@ static void setup_guest(void)
 
 int main(void)
 {
-    if (!getenv("MICROVM_TEST_LOG"))
+    const char *lv = getenv("MICROVM_TEST_LOG"); /* unset: errors only; "debug": everything */
+    if (!lv)
         log_set_level(LOG_ERROR);
+    else if (!strcmp(lv, "debug"))
+        log_set_level(LOG_DEBUG);
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
     snprintf(g_tmp, sizeof g_tmp, "/tmp/flicker-vmtest-XXXXXX");
