@@ -682,6 +682,7 @@ static void *relay_main(void *arg)
     enum { FIXED = 6 };
     struct pollfd pf[FIXED + RELAY_MAX_STREAMS];
     stream_t *ps[RELAY_MAX_STREAMS];
+    uint32_t pid_[RELAY_MAX_STREAMS]; /* ps[i]'s id: ps[i] may be freed meanwhile */
     for (;;) {
         pthread_mutex_lock(&r->mu);
         bool stop = r->stop;
@@ -744,6 +745,7 @@ static void *relay_main(void *arg)
                 e |= POLLIN;
             if (s->to_api.len)
                 e |= POLLOUT;
+            pid_[ns] = s->id;
             ps[ns++] = s;
             pf[n++] = (struct pollfd){e ? s->fd : -1, e, 0};
         }
@@ -782,16 +784,15 @@ static void *relay_main(void *arg)
         if (pf[2].revents)
             write_logs(r);
         for (int i = 0; i < ns; i++) {
-            stream_t *s = ps[i];
             short re = pf[FIXED + i].revents;
-            if (!re || find_stream(r, s->id) != s)
+            stream_t *s = find_stream(r, pid_[i]);
+            if (!re || s != ps[i]) /* freed (or replaced) since the poll */
                 continue;
             if (re & POLLOUT)
                 flush_stream(r, s);
             if (s->fd >= 0 && (re & (POLLIN | POLLHUP | POLLERR)) && !s->host_closed)
                 read_stream(r, s);
-            if (find_stream(r, s->id) == s)
-                maybe_done(r, s);
+            maybe_done(r, s);
         }
     }
     return NULL;

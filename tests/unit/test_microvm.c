@@ -589,6 +589,54 @@ static void test_relay_host_flood_bounded(void)
     rt_stop(&t);
 }
 
+/* Streams opened, answered and closed in bursts (ids never reused, as
+ * the agent does): nothing leaks, nothing is touched after it is freed. */
+static void test_relay_stream_churn(void)
+{
+    rt_t t;
+    CHECK(rt_start(&t, true, 0) == 0);
+    hello(&t);
+    uint32_t id = 1;
+    for (int round = 0; round < 6; round++) {
+        enum { N = 24 };
+        uint32_t first = id;
+        for (int i = 0; i < N; i++, id++) {
+            fa_send(&t.fk, VM_OPEN, id, NULL, 0);
+            fa_send(&t.fk, VM_DATA, id, "ping", 4);
+            if (i % 2)
+                fa_send(&t.fk, VM_CLOSE, id, NULL, 0); /* half of them close first */
+        }
+        for (int i = 0; i < N; i++) {
+            CHECK(wait_readable(t.api_ls, 5000));
+            int c = accept4(t.api_ls, NULL, NULL, SOCK_CLOEXEC);
+            CHECK(c >= 0);
+            char buf[8];
+            CHECK(read_some(c, buf, 4, 3000) == 4);
+            CHECK(write(c, "pong", 4) == 4);
+            close(c);
+        }
+        for (int i = 0; i < N; i++) /* the others close after the answer */
+            if (!(i % 2))
+                fa_send(&t.fk, VM_CLOSE, first + (uint32_t)i, NULL, 0);
+        int closes = 0;
+        frame_t f;
+        while (closes < N && fa_recv(&t.fk, &f, 5000)) {
+            closes += f.type == VM_CLOSE;
+            free(f.data);
+        }
+        CHECK(closes == N);
+    }
+    vmrelay_stats_t st;
+    uint64_t end = now_mono_ms() + 3000;
+    do {
+        usleep(5000);
+        vmrelay_get_stats(t.r, &st);
+    } while (st.streams_open && now_mono_ms() < end);
+    CHECK(st.streams_open == 0 && st.streams_opened == 6 * 24);
+    CHECK(!vmrelay_exited(t.r, NULL, NULL, NULL, 0));
+    rt_stop(&t);
+}
+
 typedef struct restorer {
     fake_t *fk;
     bool ok;
@@ -1604,6 +1652,7 @@ int main(void)
     RUN(test_relay_log_flood_bounded);
     RUN(test_relay_data_flood_bounded);
     RUN(test_relay_host_flood_bounded);
+    RUN(test_relay_stream_churn);
     RUN(test_relay_restore);
 
     if (geteuid() != 0) {
