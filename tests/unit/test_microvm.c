@@ -54,6 +54,7 @@ static char g_tmp[64];
 static char g_state[128];
 static char g_code[128];
 static char g_pycode[128];
+static char g_nodecode[128];
 static char g_guest_why[700];
 static bool g_have_guest;
 static int g_seq;
@@ -720,6 +721,9 @@ static const char HOG[] =
     "int main(void) { for (size_t i = 0;; i++) { char *p = malloc(1 << 20); if (!p) return 2;"
     " memset(p, 1, 1 << 20); if (i % 64 == 0) { printf(\"hog %zu MB\\n\", i); fflush(stdout); } } }\n";
 
+static const char NODE_APP[] =
+    "exports.handler = async (event) => ({ echo: event, node: process.version, arch: process.arch });\n";
+
 static const char PY_APP[] =
     "import os\n"
     "def handler(event, context):\n"
@@ -789,7 +793,9 @@ static fn_config_t *make_cfg(const char *name, const char *runtime, const char *
     c->version = xstrdup("$LATEST");
     c->arn = xasprintf("arn:aws:lambda:us-east-1:000000000000:function:%s", name);
     c->runtime = xstrdup(runtime);
-    c->handler = xstrdup(!strncmp(runtime, "python", 6) ? "app.handler" : "");
+    c->handler = xstrdup(!strncmp(runtime, "python", 6)   ? "app.handler"
+                         : !strncmp(runtime, "nodejs", 6) ? "index.handler"
+                                                          : "");
     c->memory_mb = memory_mb;
     c->timeout_s = timeout_s;
     c->ephemeral_mb = 512;
@@ -1031,6 +1037,25 @@ static void test_vm_python(void)
     CHECK(j);
     CHECK_STR(json_string_value(json_object_get(json_object_get(j, "echo"), "k")), "v");
     CHECK_STR(json_string_value(json_object_get(j, "task")), "/var/task");
+    json_decref(j);
+    invres_free(&r);
+    env_destroy(env);
+    fn_config_free(cfg);
+}
+
+static void test_vm_nodejs(void)
+{
+    fn_config_t *cfg = make_cfg("vm-node", "nodejs20.x", g_nodecode, 512, 60);
+    envst_t s;
+    env_t *env = start_env(cfg, &s);
+    CHECK(env);
+    printf("  nodejs cold start (boot + Init) %.0f ms\n", s.t_ready_ms);
+    invres_t r;
+    invoke(env, "[1,2]", &r);
+    CHECK(r.done && r.status == INVOKE_OK);
+    json_t *j = json_loads(r.body, 0, NULL);
+    CHECK(j && json_array_size(json_object_get(j, "echo")) == 2);
+    CHECK(!strncmp(json_string_value(json_object_get(j, "node")), "v", 1));
     json_decref(j);
     invres_free(&r);
     env_destroy(env);
@@ -1610,7 +1635,7 @@ static void setup_guest(void)
             gd = buf;
         }
     }
-    const char *need[] = {"vmlinux", "rootfs-provided.erofs", "rootfs-python.erofs"};
+    const char *need[] = {"vmlinux", "rootfs-provided.erofs", "rootfs-python.erofs", "rootfs-nodejs.erofs"};
     for (size_t i = 0; i < ARRAY_LEN(need); i++) {
         char p[500];
         snprintf(p, sizeof p, "%s/%s", gd ? gd : "?", need[i]);
@@ -1684,6 +1709,11 @@ int main(void)
         p = xasprintf("%s/app.py", g_pycode);
         write_file_atomic(p, PY_APP, strlen(PY_APP), 0644, &err);
         free(p);
+        snprintf(g_nodecode, sizeof g_nodecode, "%s/nodecode", g_tmp);
+        mkdir(g_nodecode, 0755);
+        p = xasprintf("%s/index.js", g_nodecode);
+        write_file_atomic(p, NODE_APP, strlen(NODE_APP), 0644, &err);
+        free(p);
         g_base = event_base_new();
         struct event *tk = event_new(g_base, -1, EV_PERSIST, tick, NULL);
         struct timeval tv = {0, 20000};
@@ -1708,6 +1738,7 @@ int main(void)
     RUN_VM(test_vm_snapshot_two_restores);
     RUN_VM(test_vm_corrupt_snapshot);
     RUN_VM(test_vm_python);
+    RUN_VM(test_vm_nodejs);
     if (getenv("FLICKER_VM_BENCH"))
         RUN_VM(test_vm_bench);
     else
