@@ -150,6 +150,7 @@ typedef struct snap_hdr {
     char accel[8];
     char family[16];
     uint32_t console, has_code;
+    uint32_t agent_features, pad; /* VMPROTO_FEATURE_* of the snapshotted agent */
     ident_t kernel, rootfs, code;
     uint64_t created_ms;
     unsigned char content[32]; /* see snap_digest */
@@ -1085,6 +1086,7 @@ static int vm_create_params(const vm_params_t *p, microvm_t **out, err_t *err)
         .start = start,
         .start_len = start_len,
         .boot_timeout_ms = p->boot_timeout_ms,
+        .features = sh.agent_features,
     };
     chan[0] = errp[0] = outp[1] = -1; /* taken by the relay, even on failure */
     if (vmrelay_start(&rc, &vm->relay, err) < 0)
@@ -1554,6 +1556,7 @@ static int vm_snapshot(void *h, const char *path, err_t *err)
     snprintf(hd.family, sizeof hd.family, "%s", vm->family);
     hd.console = vm->console;
     hd.has_code = vm->has_code;
+    hd.agent_features = vm->relay ? vmrelay_features(vm->relay) : 0;
     hd.kernel = vm->kernel;
     hd.rootfs = vm->rootfs;
     hd.code = vm->code;

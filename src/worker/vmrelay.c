@@ -135,6 +135,7 @@ struct vmrelay {
     int status, guest_ooms;
     char why[256];
     bool hello, restore_pending, restored;
+    uint32_t features;     /* VMPROTO_FEATURE_* of the agent */
     double ready_ms;
     bq_t post;             /* frames the owner posted for the guest */
     bool qemu_reaped;
@@ -184,6 +185,22 @@ static void send_frame(vmrelay_t *r, uint8_t type, uint32_t stream, const void *
 {
     queue_frame(&r->outq, type, stream, p, len);
     r->st.frames_out++;
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* CLOCK with the host's wall clock now (the frame leaves within
+ * microseconds: queues are written as soon as the channel takes them). */
+static void send_clock(vmrelay_t *r, bq_t *q)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint8_t p[VMPROTO_CLOCK_LEN];
+    vmproto_encode_clock(p, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec);
+    queue_frame(q, VM_CLOCK, 0, p, sizeof p);
 }
 
 static void log_line(vmrelay_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -399,15 +416,18 @@ static void on_frame(vmrelay_t *r, const vmproto_frame_t *f)
             violation(r, "unexpected HELLO");
             return;
         }
-        uint32_t ver = f->len >= 4 ? (uint32_t)f->payload[0] | (uint32_t)f->payload[1] << 8 |
-                                         (uint32_t)f->payload[2] << 16 | (uint32_t)f->payload[3] << 24
-                                   : 0;
-        if (ver != VMPROTO_VERSION) {
-            violation(r, "agent speaks protocol version %u, the host %u", ver, VMPROTO_VERSION);
+        uint32_t ver = f->len >= 4 ? get_u32(f->payload) : 0;
+        uint32_t feat = f->len >= 8 ? get_u32(f->payload + 4) : 0;
+        if (ver != VMPROTO_VERSION || (f->len != 4 && f->len != 8)) {
+            violation(r, "agent speaks protocol version %u (%u bytes of HELLO), the host %u", ver, f->len,
+                      VMPROTO_VERSION);
             return;
         }
+        if (feat & VMPROTO_FEATURE_CLOCK)
+            send_clock(r, &r->outq);
         send_frame(r, VM_START, 0, r->start, r->start_len);
         pthread_mutex_lock(&r->mu);
+        r->features = feat;
         r->hello = true;
         r->ready_ms = since_ms(r->t0_us);
         pthread_cond_broadcast(&r->cv);
@@ -819,6 +839,7 @@ int vmrelay_start(const vmrelay_config_t *c, vmrelay_t **out, err_t *err)
         r->start_len = c->start_len;
     }
     r->t0_us = now_mono_us();
+    r->features = c->start ? 0 : c->features;
     if (c->boot_timeout_ms > 0 && c->start)
         r->boot_deadline_ms = now_mono_ms() + (uint64_t)c->boot_timeout_ms;
     pthread_mutex_init(&r->mu, NULL);
@@ -867,6 +888,8 @@ int vmrelay_restore(vmrelay_t *r, const uint8_t *payload, int timeout_ms, err_t 
     pthread_mutex_lock(&r->mu);
     r->restore_pending = true;
     queue_frame(&r->post, VM_RESTORE, 0, payload, VMPROTO_RESTORE_LEN);
+    if (r->features & VMPROTO_FEATURE_CLOCK) /* after RESTORE: it wins over the RTC */
+        send_clock(r, &r->post);
     pthread_mutex_unlock(&r->mu);
     wake(r);
     pthread_mutex_lock(&r->mu);
@@ -924,6 +947,14 @@ void vmrelay_fail(vmrelay_t *r, const char *why)
         kill_qemu(r);
     decide_exit(r, W_EXITCODE(0, SIGKILL), 0, why);
     wake(r);
+}
+
+uint32_t vmrelay_features(vmrelay_t *r)
+{
+    pthread_mutex_lock(&r->mu);
+    uint32_t f = r->features;
+    pthread_mutex_unlock(&r->mu);
+    return f;
 }
 
 bool vmrelay_qemu_reaped(vmrelay_t *r, int *status)

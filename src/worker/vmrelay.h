@@ -3,7 +3,8 @@
  * A relay is one thread that owns the byte stream to the guest agent (the
  * host end of QEMU's "flicker.0" virtserialport chardev) and turns it into
  * what the worker serves, as isolation.h asks of every backend:
- *   - HELLO  -> the relay answers with START (the runtime's argv/envp);
+ *   - HELLO  -> the relay answers with START (the runtime's argv/envp),
+ *               preceded by CLOCK if the agent announced that feature;
  *   - OPEN   -> a new connection to the Runtime API's listening socket
  *               (api_path); DATA/CLOSE relay bytes and half-closes both ways;
  *   - LOG    -> written to the output pipe (the runtime's stdout/stderr);
@@ -55,13 +56,15 @@ typedef struct vmrelay_config {
                               expected (a restored VM never says HELLO) */
     uint32_t start_len;
     int boot_timeout_ms;   /* HELLO deadline from now (0: none) */
+    uint32_t features;     /* a restored VM: what its agent announced in its
+                              HELLO before the snapshot (VMPROTO_FEATURE_*) */
 } vmrelay_config_t;
 
 /* Starts the relay thread.  On failure the taken fds are closed. */
 int vmrelay_start(const vmrelay_config_t *cfg, vmrelay_t **out, err_t *err);
 
-/* Sends RESTORE (payload: VMPROTO_RESTORE_LEN bytes) and waits up to
- * timeout_ms for RESTORED.  Returns 0, or -1/err (timeout, or the
+/* Sends RESTORE (payload: VMPROTO_RESTORE_LEN bytes), then CLOCK when the
+ * agent has VMPROTO_FEATURE_CLOCK, and waits up to timeout_ms for RESTORED.  Returns 0, or -1/err (timeout, or the
  * environment exited meanwhile: err says why). */
 int vmrelay_restore(vmrelay_t *r, const uint8_t *payload, int timeout_ms, err_t *err);
 
@@ -79,6 +82,10 @@ bool vmrelay_exited(vmrelay_t *r, int *status, int *guest_ooms, char *why, size_
 /* Marks the environment exited with why and kills QEMU (through the
  * pidfd) unless it already exited.  Idempotent. */
 void vmrelay_fail(vmrelay_t *r, const char *why);
+
+/* The agent's VMPROTO_FEATURE_* bits (from its HELLO, or the config's for
+ * a restored VM). */
+uint32_t vmrelay_features(vmrelay_t *r);
 
 /* QEMU's wait status once the relay reaped it: true and *status, else false. */
 bool vmrelay_qemu_reaped(vmrelay_t *r, int *status);

@@ -169,7 +169,10 @@ typedef struct rt {
 static char *const T_ARGV[] = {"/var/task/bootstrap", "x y", NULL};
 static char *const T_ENVP[] = {"A=1", "B=two words", NULL};
 
-static int rt_start(rt_t *t, bool with_start, int boot_ms)
+static int rt_start_f(rt_t *t, bool with_start, int boot_ms, uint32_t features);
+static int rt_start(rt_t *t, bool with_start, int boot_ms) { return rt_start_f(t, with_start, boot_ms, 0); }
+
+static int rt_start_f(rt_t *t, bool with_start, int boot_ms, uint32_t features)
 {
     memset(t, 0, sizeof *t);
     int sv[2], op[2];
@@ -188,7 +191,7 @@ static int rt_start(rt_t *t, bool with_start, int boot_ms)
     uint8_t *start = with_start ? vmproto_encode_start(T_ARGV, T_ENVP, &len) : NULL;
     vmrelay_config_t c = {.id = "t", .chan_fd = sv[0], .out_fd = op[1], .exit_fd = t->efd,
                           .api_path = t->api_path, .qemu_pidfd = -1, .stderr_fd = -1, .start = start,
-                          .start_len = len, .boot_timeout_ms = boot_ms};
+                          .start_len = len, .boot_timeout_ms = boot_ms, .features = features};
     err_t err;
     int rc = vmrelay_start(&c, &t->r, &err);
     free(start);
@@ -282,6 +285,52 @@ static void test_relay_hello_start_stream(void)
     CHECK(st.streams_open == 0 && st.streams_opened == 1);
     CHECK(!vmrelay_exited(t.r, NULL, NULL, NULL, 0));
     rt_stop(&t);
+}
+
+static bool violation_for(const void *bytes, size_t n, bool do_hello);
+
+static int64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* An agent announcing VMPROTO_FEATURE_CLOCK gets the host's wall clock
+ * right before START; one announcing nothing gets START only. */
+static void test_relay_clock_feature(void)
+{
+    rt_t t;
+    CHECK(rt_start(&t, true, 0) == 0);
+    uint8_t h8[8] = {VMPROTO_VERSION, 0, 0, 0, VMPROTO_FEATURE_CLOCK, 0, 0, 0};
+    int64_t before = realtime_ns();
+    fa_send(&t.fk, VM_HELLO, 0, h8, 8);
+    frame_t f;
+    CHECK(fa_recv(&t.fk, &f, 5000) == 1);
+    CHECK(f.type == VM_CLOCK && f.stream == 0);
+    int64_t ns = 0;
+    CHECK(vmproto_decode_clock(f.data, f.len, &ns) == 0);
+    CHECK(ns >= before && ns <= realtime_ns());
+    free(f.data);
+    CHECK(fa_recv(&t.fk, &f, 5000) == 1);
+    CHECK(f.type == VM_START);
+    free(f.data);
+    CHECK(vmrelay_features(t.r) == VMPROTO_FEATURE_CLOCK);
+    rt_stop(&t);
+
+    CHECK(rt_start(&t, true, 0) == 0); /* the original 4-byte HELLO */
+    hello(&t);
+    CHECK(fa_recv(&t.fk, &f, 5000) == 1);
+    CHECK(f.type == VM_START);
+    free(f.data);
+    CHECK(vmrelay_features(t.r) == 0);
+    rt_stop(&t);
+
+    uint8_t h12[12] = {VMPROTO_VERSION};
+    uint8_t bad[VMPROTO_HDR + 12];
+    vmproto_put_hdr(bad, VM_HELLO, 0, 12);
+    memcpy(bad + VMPROTO_HDR, h12, 12);
+    CHECK(violation_for(bad, sizeof bad, false));
 }
 
 static void test_relay_log_exit(void)
@@ -641,30 +690,42 @@ static void test_relay_stream_churn(void)
 typedef struct restorer {
     fake_t *fk;
     bool ok;
+    bool clock;   /* expect CLOCK right after RESTORE */
     uint8_t payload[VMPROTO_RESTORE_LEN];
 } restorer_t;
 
 static void *restorer_main(void *arg)
 {
     restorer_t *r = arg;
-    frame_t f;
-    if (fa_expect(r->fk, VM_RESTORE, &f, 5000) && f.len == VMPROTO_RESTORE_LEN) {
+    frame_t f = {0};
+    if (fa_recv(r->fk, &f, 5000) && f.type == VM_RESTORE && f.len == VMPROTO_RESTORE_LEN) {
         memcpy(r->payload, f.data, VMPROTO_RESTORE_LEN);
+        if (r->clock) {
+            frame_t c = {0};
+            int64_t ns = 0;
+            if (!fa_recv(r->fk, &c, 5000) || c.type != VM_CLOCK ||
+                vmproto_decode_clock(c.data, c.len, &ns) < 0 || ns <= 0) {
+                free(c.data);
+                free(f.data);
+                return NULL;
+            }
+            free(c.data);
+        }
         fa_send(r->fk, VM_OPEN, 9, NULL, 0);
         fa_send(r->fk, VM_DATA, 9, "GET again", 9);
         fa_send(r->fk, VM_RESTORED, 0, NULL, 0);
         r->ok = true;
     }
-    if (f.data)
-        free(f.data);
+    free(f.data);
     return NULL;
 }
 
 static void test_relay_restore(void)
 {
     rt_t t;
-    CHECK(rt_start(&t, false, 0) == 0); /* a restored VM: no START, no HELLO */
-    restorer_t rs = {.fk = &t.fk};
+    /* a restored VM: no START, no HELLO; its agent had announced CLOCK */
+    CHECK(rt_start_f(&t, false, 0, VMPROTO_FEATURE_CLOCK) == 0);
+    restorer_t rs = {.fk = &t.fk, .clock = true};
     pthread_t th;
     pthread_create(&th, NULL, restorer_main, &rs);
     uint8_t payload[VMPROTO_RESTORE_LEN];
@@ -1667,6 +1728,7 @@ int main(void)
     chmod(g_tmp, 0700);
 
     RUN(test_relay_hello_start_stream);
+    RUN(test_relay_clock_feature);
     RUN(test_relay_log_exit);
     RUN(test_relay_malformed);
     RUN(test_relay_fault);
