@@ -1560,7 +1560,8 @@ static void qemu_memory(pid_t pid, int guest_mb, int tb_mb, uint64_t *guest, uin
             unsigned long long size_kb = (hi - lo) >> 10;
             if (size_kb == (unsigned long long)guest_mb << 10)
                 *guest += kb;
-            else if (size_kb == (unsigned long long)tb_mb << 10)
+            else if (size_kb <= (unsigned long long)tb_mb << 10 && size_kb + 16 >= (unsigned long long)tb_mb << 10)
+                /* the code buffer: tb-size less a guard page */
                 *tb += kb;
             else
                 *rest += kb;
