@@ -31,7 +31,8 @@
  *   CLOSE   the runtime closed it          RESTORE  the VM was restored from a
  *   LOG     runtime stdout/stderr bytes             snapshot: payload 32 bytes of
  *   EXIT    the runtime exited (payload             entropy + 16-byte boot id
- *           vmproto_encode_exit)
+ *           vmproto_encode_exit)           CLOCK    the host's wall clock (only to
+ *                                                   agents with VMPROTO_FEATURE_CLOCK)
  *   RESTORED  RESTORE handled (streams pending at snapshot time were
  *             re-opened and their unanswered request bytes re-sent first)
  *   FAULT   the agent cannot go on (payload: text); the host reports it
@@ -57,6 +58,7 @@ enum vmproto_type {
     /* host -> guest */
     VM_START = 1,
     VM_RESTORE = 4,
+    VM_CLOCK = 5,
     /* guest -> host */
     VM_HELLO = 16,
     VM_OPEN = 17,
@@ -116,4 +118,21 @@ int vmproto_decode_exit(const uint8_t *p, uint32_t len, int32_t *status, uint32_
 
 /* RESTORE payload: 32 bytes of entropy, then a 16-byte boot id. */
 #define VMPROTO_RESTORE_LEN 48u
+
+/* Feature bits.  HELLO's payload is the u32 protocol version, optionally
+ * followed by a u32 of the features the agent implements (an agent that
+ * sends only the version has none).  The host uses a feature only with an
+ * agent that announced it (for a restored VM: the agent that said HELLO
+ * before the snapshot).
+ *
+ * VMPROTO_FEATURE_CLOCK: the host sends CLOCK (host -> guest, stream 0),
+ * payload an i64 of nanoseconds since the epoch (the host's CLOCK_REALTIME
+ * when it sent the frame), right before START and right after RESTORE; the
+ * agent sets its wall clock from it.  Without it the guest's only wall
+ * clock under TCG is the CMOS RTC, whose whole seconds leave the guest up
+ * to a second behind the host (deadlines, request signing). */
+#define VMPROTO_FEATURE_CLOCK 1u
+#define VMPROTO_CLOCK_LEN 8u
+void vmproto_encode_clock(uint8_t out[VMPROTO_CLOCK_LEN], int64_t realtime_ns);
+int vmproto_decode_clock(const uint8_t *p, uint32_t len, int64_t *realtime_ns);
 #endif
