@@ -914,6 +914,19 @@ static void handle_restore(const vmproto_frame_t *f)
 
 /* ------------------------------------------------------------ the port */
 
+/* CLOCK: the host's wall clock, sent before START and after RESTORE (we
+ * announced VMPROTO_FEATURE_CLOCK).  The guest's own clock comes from the
+ * CMOS RTC in whole seconds, or from the moment of the snapshot. */
+static void handle_clock(const vmproto_frame_t *f)
+{
+    int64_t ns;
+    if (f->stream != 0 || vmproto_decode_clock(f->payload, f->len, &ns) < 0 || ns <= 0)
+        fault("protocol: malformed CLOCK frame");
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000), .tv_nsec = (long)(ns % 1000000000)};
+    if (clock_settime(CLOCK_REALTIME, &ts) < 0)
+        say("clock_settime: %s", strerror(errno));
+}
+
 static void handle_frame(const vmproto_frame_t *f)
 {
     switch (f->type) {
@@ -926,6 +939,9 @@ static void handle_frame(const vmproto_frame_t *f)
         break;
     case VM_RESTORE:
         handle_restore(f);
+        break;
+    case VM_CLOCK:
+        handle_clock(f);
         break;
     default:
         fault("protocol: frame type %u is not one the host sends", f->type);
@@ -1089,8 +1105,11 @@ int main(int argc, char **argv)
     setup_signals();
     setup_mounts();
     setup_network();
-    uint8_t v[4] = {VMPROTO_VERSION & 0xff, (VMPROTO_VERSION >> 8) & 0xff,
-                    (VMPROTO_VERSION >> 16) & 0xff, (VMPROTO_VERSION >> 24) & 0xff};
+    /* version, then the features we implement */
+    uint32_t ver = VMPROTO_VERSION, features = VMPROTO_FEATURE_CLOCK;
+    uint8_t v[8] = {ver & 0xff, (ver >> 8) & 0xff, (ver >> 16) & 0xff, (ver >> 24) & 0xff,
+                    features & 0xff, (features >> 8) & 0xff, (features >> 16) & 0xff,
+                    (features >> 24) & 0xff};
     send_frame(VM_HELLO, 0, v, sizeof v);
     loop();
 }

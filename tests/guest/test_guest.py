@@ -179,12 +179,28 @@ def runtime_env(handler):
 
 # ---------------------------------------------------------------------- tests
 
+def test_clock_frame_sets_the_guest_wall_clock(make_vm):
+    """CLOCK (before START) sets the guest's wall clock to the nanosecond
+    the host sends, not the RTC's whole seconds: here a fixed instant far
+    from now, read back by the runtime."""
+    code = {"bootstrap": ("#!/bin/sh\necho \"now=$(date +%s)\"\n", 0o755)}
+    vm = make_vm("provided", code=code, console=False).start()
+    vm.wait_frame(g.HELLO, timeout=60)
+    target = 1900000000  # 2030-03-17
+    vm.send(g.CLOCK, 0, struct.pack("<q", target * 1000000000 + 500000000))
+    vm.send_start(["/var/task/bootstrap"], g.SBX_ENV)
+    _, _, p = vm.wait_frame(g.EXIT)
+    line = [l for l in vm.log.decode().splitlines() if l.startswith("now=")]
+    assert line, vm.log
+    assert abs(int(line[0][4:]) - target) <= 5, line
+
 def test_hello_and_provided_bootstrap(make_vm, capsys):
     code = {"bootstrap": ("#!/bin/sh\necho \"hello from $(id -u):$(id -g) in $(pwd)\"\n"
                           "echo to-stderr >&2\nexit 7\n", 0o755)}
     vm = make_vm("provided", code=code, console=False).start()
     _, stream, payload = vm.wait_frame(g.HELLO, timeout=60)
-    assert stream == 0 and struct.unpack("<I", payload) == (1,)
+    # version 1, features: CLOCK
+    assert stream == 0 and struct.unpack("<II", payload) == (1, g.FEATURE_CLOCK)
     with capsys.disabled():  # shown even when pytest captures output
         print("\nboot to HELLO (QEMU start included, TCG, no console): %.3f s" % vm.hello_after)
     vm.send_start(["/var/task/bootstrap"], g.SBX_ENV)
