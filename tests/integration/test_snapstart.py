@@ -67,7 +67,8 @@ def test_isolation_tag_is_validated_and_shown(lam, fname):
 # ------------------------------------------------- SnapStart on sandboxes
 
 def test_snapstart_on_sandbox_runs_hooks_without_snapshot(lam, deploy):
-    name = deploy("py_snapstart", runtime="python3.11", SnapStart={"ApplyOn": "PublishedVersions"})
+    name = deploy("py_snapstart", runtime="python3.11", SnapStart={"ApplyOn": "PublishedVersions"},
+                  Tags={"flicker:isolation": "sandbox"})
     latest = lam.get_function_configuration(FunctionName=name)
     assert latest["SnapStart"] == {"ApplyOn": "PublishedVersions", "OptimizationStatus": "Off"}
     v = lam.publish_version(FunctionName=name)
