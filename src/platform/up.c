@@ -36,6 +36,7 @@
 #include "worker/fnlog.h"
 #include "worker/sandbox.h"
 #include "worker/worker.h"
+#include "worker/microvm.h"
 
 typedef struct up_options {
     char host[256];
@@ -349,6 +350,8 @@ static int run(up_options_t o)
         log_error("up", "sandboxes unavailable: %s", err.msg);
         goto out;
     }
+    if (!o.frontend_only && start_microvms(o.isolation, data) < 0)
+        goto out;
     store = store_open(data, o.region, o.account_id, &err);
     if (!store) {
         log_error("up", "store: %s", err.msg);
@@ -459,8 +462,10 @@ out:
         event_base_free(base);
     fnlog_close(logs);
     store_close(store);
-    if (!o.frontend_only)
+    if (!o.frontend_only) {
         sandbox_system_shutdown();
+        microvm_system_shutdown();
+    }
     free(akid);
     free(secret);
     free(init_path);

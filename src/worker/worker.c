@@ -38,6 +38,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "worker/isolation.h"
+#include "worker/microvm.h"
 
 #define RESPONSE_LIMIT 6291556         /* Lambda's maximum response payload */
 #define API_BODY_LIMIT (16u << 20)     /* larger bodies are cut off by evhttp */
@@ -1172,7 +1173,16 @@ json_t *worker_status(const worker_t *w)
                             (json_int_t)(e->sb ? e->iso->pid(e->sb) : 0), "frozen", e->frozen,
                             "memory_mb", e->cfg->memory_mb, "invocations", e->invocations));
     }
-    return json_pack("{s:s,s:s,s:i,s:i,s:i,s:o}", "id", w->cfg.id, "zone", w->cfg.zone,
-                     "memory_mb", w->cfg.memory_mb, "memory_used_mb", w->memory_used,
-                     "environments_count", w->n_envs, "environments", envs);
+    json_t *st = json_pack("{s:s,s:s,s:i,s:i,s:i,s:o,s:s}", "id", w->cfg.id, "zone", w->cfg.zone,
+                           "memory_mb", w->cfg.memory_mb, "memory_used_mb", w->memory_used,
+                           "environments_count", w->n_envs, "environments", envs, "isolation",
+                           w->cfg.isolation ? w->cfg.isolation : "sandbox");
+    /* The accelerator is probed at start only where microVMs are the
+     * default (a probe boots a guest: not something status may trigger). */
+    if (w->cfg.isolation && !strcmp(w->cfg.isolation, "microvm"))
+        json_object_set_new(st, "microvm",
+                            json_pack("{s:s,s:s,s:i}", "accelerator", microvm_accelerator(),
+                                      "accelerator_reason", microvm_accelerator_reason(), "vms",
+                                      microvm_count()));
+    return st;
 }

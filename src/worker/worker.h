@@ -151,4 +151,12 @@ const worker_config_t *worker_config(const worker_t *w);
 struct event_base *worker_event_base(const worker_t *w);
 /* Adds {id, zone, memory, environments:[...]} to a status object. */
 json_t *worker_status(const worker_t *w);
+
+/* For a worker process starting with default isolation `isolation`: with
+ * "microvm", sets up the microVM backend and decides its accelerator now
+ * (logged: KVM or TCG and why), failing (-1, logged) when QEMU or the
+ * guest is missing; otherwise only sweeps what a killed predecessor left,
+ * best effort (0).  state_dir: the worker's data directory.  Defined in
+ * worker_main.c; `flicker up --embedded` calls it too. */
+int start_microvms(const char *isolation, const char *state_dir);
 #endif

@@ -22,6 +22,7 @@
 #include "common/version.h"
 #include "platform/serve.h"
 #include "worker/fnlog.h"
+#include "worker/microvm.h"
 #include "worker/sandbox.h"
 #include "worker/worker.h"
 #include "worker/worker_service.h"
@@ -67,6 +68,30 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         log_info("worker", "%s: stopping", strsignal((int)sig));
     m->stopping = true;
     event_base_loopexit(m->base, NULL);
+}
+
+/* MicroVMs: where they are the default, the backend and the accelerator
+ * are settled now (a missing QEMU or guest stops the worker here, and the
+ * log says KVM or TCG and why); elsewhere a best-effort sweep of what a
+ * killed predecessor left.  Returns 0 or -1 (logged). */
+int start_microvms(const char *isolation, const char *state_dir)
+{
+    err_t err = {0};
+    bool wanted = isolation && !strcmp(isolation, "microvm");
+    if (microvm_system_init(state_dir, &err) < 0) {
+        if (wanted) {
+            log_error("worker", "microvm isolation unavailable: %s", err.msg);
+            return -1;
+        }
+        log_debug("worker", "microvm backend not available (%s): functions tagged "
+                  "flicker:isolation=microvm will fail to start", err.msg);
+        return 0;
+    }
+    if (wanted) {
+        const char *accel = microvm_accelerator(); /* decides: before the reason */
+        log_info("worker", "microVMs: accelerator %s (%s)", accel, microvm_accelerator_reason());
+    }
+    return 0;
 }
 
 int serve_worker_main(int argc, char **argv)
@@ -166,6 +191,8 @@ int serve_worker_main(int argc, char **argv)
         goto out;
     }
     sandboxes = true;
+    if (start_microvms(isolation, data) < 0)
+        goto out;
     base = event_base_new();
     if (!memory_mb) {
         struct sysinfo si;
@@ -236,8 +263,10 @@ out:
     if (base)
         event_base_free(base);
     fnlog_close(logs);
-    if (sandboxes)
+    if (sandboxes) {
         sandbox_system_shutdown();
+        microvm_system_shutdown();
+    }
     free(log_dir);
     free(address);
     free(init_path);
