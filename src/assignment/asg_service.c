@@ -28,6 +28,11 @@
  * and the journal thread either gets the lease renewed after all (LEADER
  * again, same term) or deposes it.
  *
+ * Cold starts make the env_id before placement.pick, which reserves room
+ * for it (placement's per-function counts see it before any heartbeat); an
+ * acquisition that ends without its environment created gives that back
+ * (placement_unreserve -> placement.env_removed {worker_id, env_id}).
+ *
  * Volatile leader state (not journaled): in-flight counters for
  * throttling, per-env `unreserved` and `stale` marks, keep-alive timers,
  * RPC clients.  A new leader recomputes in-flight counts from busy envs. */
@@ -778,6 +783,21 @@ static void placement_failed(asg_service_t *s, const char *error)
     }
 }
 
+/* Tells placement that env_id, for which a pick reserved room on
+ * worker_id, was not created (fire and forget: an unreleased reservation
+ * only lasts until placement's heartbeat timeout). */
+static void placement_unreserve(asg_service_t *s, const char *worker_id, const char *env_id)
+{
+    if (s->closing || !worker_id || !env_id)
+        return;
+    rpc_client_t *pl = placement_client(s);
+    if (!pl)
+        return;
+    json_t *p = json_pack("{s:s,s:s}", "worker_id", worker_id, "env_id", env_id);
+    rpc_call(pl, "placement.env_removed", p, NULL, 0, 5000, fire_and_forget, "placement.env_removed");
+    json_decref(p);
+}
+
 /* -------------------------------------------------------------- acquire */
 
 typedef struct acq {
@@ -788,6 +808,8 @@ typedef struct acq {
     char *fn, *key, *env_id, *worker_id, *worker_addr;
     int memory_mb, timeout_s;
     bool unreserved, counted, cold;
+    bool placed;    /* placement.pick reserved room for env_id on worker_id */
+    bool created;   /* the worker answered env.create with success */
     /* for a failed create: the reply to send after the remove is journaled */
     char *err_code, *err_msg;
     json_t *err_extra;
@@ -812,12 +834,18 @@ static void acq_free(acq_t *a)
 
 static bool acq_current(acq_t *a) { return a->s->role == R_LEADER && a->s->term == a->term && !a->s->closing; }
 
-/* Replies with an error and frees a (the in-flight count is given back). */
+static void placement_unreserve(asg_service_t *s, const char *worker_id, const char *env_id);
+
+/* Replies with an error and frees a (the in-flight count is given back; a
+ * placement reservation for an environment that was not created is
+ * released). */
 static void acq_fail(acq_t *a, const char *code, const char *msg, json_t *extra, const void *body,
                      size_t len)
 {
     if (a->counted)
         count_add(a->s, a->fn, a->unreserved, -1);
+    if (a->placed && !a->created)
+        placement_unreserve(a->s, a->worker_id, a->env_id);
     if (!strcmp(code, "NotLeader"))
         reply_not_leader(a->s, a->call);
     else
@@ -886,6 +914,7 @@ static void on_created(const rpc_result_t *r, void *arg)
         return;
     }
     asg_env_t *e = asg_table_get(s->table, a->env_id);
+    a->created = !r->error;
     if (!r->error && e) {
         if (rpc_call_alive(a->call)) {
             e->unreserved = a->unreserved;
@@ -901,6 +930,7 @@ static void on_created(const rpc_result_t *r, void *arg)
         return;
     }
     if (!r->error) { /* removed meanwhile (worker lost): destroy what was made */
+        a->created = false; /* it is going: give placement its room back */
         worker_destroy(s, a->worker_addr, a->env_id);
         acq_fail(a, "CreateFailed", "the environment's worker was lost", NULL, NULL, 0);
         return;
@@ -956,12 +986,16 @@ static void on_picked(const rpc_result_t *r, void *arg)
 {
     acq_t *a = arg;
     asg_service_t *s = a->s;
+    const char *wid = r->error ? NULL : json_string_value(json_object_get(r->result, "worker_id"));
+    const char *wa = r->error ? NULL : json_string_value(json_object_get(r->result, "address"));
     if (!acq_current(a)) {
+        if (wid) { /* placement reserved room that nobody will use */
+            a->worker_id = xstrdup(wid);
+            a->placed = true;
+        }
         acq_fail(a, "NotLeader", "", NULL, NULL, 0);
         return;
     }
-    const char *wid = r->error ? NULL : json_string_value(json_object_get(r->result, "worker_id"));
-    const char *wa = r->error ? NULL : json_string_value(json_object_get(r->result, "address"));
     if (r->error || !wid || !wa) {
         if (r->error)
             placement_failed(s, r->error);
@@ -970,13 +1004,9 @@ static void on_picked(const rpc_result_t *r, void *arg)
     }
     a->worker_id = xstrdup(wid);
     a->worker_addr = xstrdup(wa);
-    unsigned char rnd[16];
-    char id[33];
-    random_bytes(rnd, sizeof rnd);
-    hex_encode(rnd, sizeof rnd, id);
-    a->env_id = xstrdup(id);
+    a->placed = true;
     a->cold = true;
-    jwrite(s, asg_rec_add(id, wid, wa, a->key, a->fn, a->memory_mb), acq_added_done, a);
+    jwrite(s, asg_rec_add(a->env_id, wid, wa, a->key, a->fn, a->memory_mb), acq_added_done, a);
 }
 
 static void do_acquire(asg_service_t *s, rpc_call_t *call, json_t *params)
@@ -1023,8 +1053,16 @@ static void do_acquire(asg_service_t *s, rpc_call_t *call, json_t *params)
         jwrite(s, asg_rec_state(e->env_id, ASG_BUSY), acq_busy_done, a);
         return;
     }
+    /* cold: the id is made now so that placement can reserve room for it
+     * (its per-function counts see this environment before any heartbeat) */
+    unsigned char rnd[16];
+    char id[33];
+    random_bytes(rnd, sizeof rnd);
+    hex_encode(rnd, sizeof rnd, id);
+    a->env_id = xstrdup(id);
     rpc_client_t *pl = placement_client(s);
-    json_t *p = json_pack("{s:s,s:i}", "function", a->fn, "memory_mb", a->memory_mb);
+    json_t *p = json_pack("{s:s,s:i,s:s}", "function", a->fn, "memory_mb", a->memory_mb, "env_id",
+                          a->env_id);
     if (!pl || rpc_call(pl, "placement.pick", p, NULL, 0, 5000, on_picked, a) < 0)
         acq_fail(a, "NoCapacity", "no placement service", NULL, NULL, 0);
     json_decref(p);
