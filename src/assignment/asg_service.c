@@ -141,6 +141,9 @@ struct asg_service {
     asg_table_t *table;
     enum role role;
     uint64_t term;
+    uint64_t epoch;            /* +1 at every leadership start and end: work begun
+                                  in one (acquisitions, reconciliation) is stale in
+                                  the next, even in the same term (a resumed lease) */
     pending_t *p_head, *p_tail;
     uint64_t next_seq;
     uint64_t applied;          /* index of the last record in the table */
@@ -803,7 +806,7 @@ static void placement_unreserve(asg_service_t *s, const char *worker_id, const c
 typedef struct acq {
     asg_service_t *s;
     rpc_call_t *call;
-    uint64_t term;
+    uint64_t epoch;
     json_t *config;
     char *fn, *key, *env_id, *worker_id, *worker_addr;
     int memory_mb, timeout_s;
@@ -832,7 +835,11 @@ static void acq_free(acq_t *a)
     free(a);
 }
 
-static bool acq_current(acq_t *a) { return a->s->role == R_LEADER && a->s->term == a->term && !a->s->closing; }
+/* Still the leadership the acquisition began in (see epoch). */
+static bool acq_current(acq_t *a)
+{
+    return a->s->role == R_LEADER && a->s->epoch == a->epoch && !a->s->closing;
+}
 
 static void placement_unreserve(asg_service_t *s, const char *worker_id, const char *env_id);
 
@@ -910,6 +917,22 @@ static void on_created(const rpc_result_t *r, void *arg)
     acq_t *a = arg;
     asg_service_t *s = a->s;
     if (!acq_current(a)) {
+        /* Begun in an earlier leadership.  If this replica leads again (a
+         * lease resumed in the same term), the environment is its own:
+         * keep it warm if the table still has it initializing, destroy it
+         * if reconciliation dropped it meanwhile (nobody else can know it). */
+        asg_env_t *e = asg_table_get(s->table, a->env_id);
+        if (!r->error && s->role == R_LEADER && !s->closing) {
+            a->created = true;
+            if (!e) {
+                worker_destroy(s, a->worker_addr, a->env_id);
+                a->created = false;
+            } else if (e->state == ASG_INITIALIZING) {
+                jwrite(s, asg_rec_state(a->env_id, ASG_IDLE), NULL, NULL);
+                if ((e = asg_table_get(s->table, a->env_id)) && e->state == ASG_IDLE)
+                    ka_arm(s, e);
+            }
+        }
         acq_fail(a, "NotLeader", "", NULL, NULL, 0);
         return;
     }
@@ -1032,7 +1055,7 @@ static void do_acquire(asg_service_t *s, rpc_call_t *call, json_t *params)
     acq_t *a = xcalloc(1, sizeof *a);
     a->s = s;
     a->call = call;
-    a->term = s->term;
+    a->epoch = s->epoch;
     a->config = json_incref(json_object_get(params, "config"));
     a->fn = xstrdup(cfg->name);
     a->key = xstrdup(cfg->config_key);
@@ -1187,7 +1210,7 @@ static void reconcile_finish(asg_service_t *s)
 
 typedef struct rec_ctx {
     asg_service_t *s;
-    uint64_t term;
+    uint64_t epoch;
     char *wid;
 } rec_ctx_t;
 
@@ -1195,7 +1218,7 @@ static void on_env_list(const rpc_result_t *r, void *arg)
 {
     rec_ctx_t *c = arg;
     asg_service_t *s = c->s;
-    if (s->role == R_RECONCILING && s->term == c->term && s->reconcile_seen) {
+    if (s->role == R_RECONCILING && s->epoch == c->epoch && s->reconcile_seen) {
         if (r->error) {
             log_warn(ROLE, "reconcile: env.list on %s: %s: %s", c->wid, r->error, r->message);
         } else {
@@ -1222,9 +1245,9 @@ static void on_workers(const rpc_result_t *r, void *arg)
     rec_ctx_t *c = arg;
     asg_service_t *s = c->s;
     free(c->wid);
-    uint64_t term = c->term;
+    uint64_t epoch = c->epoch;
     free(c);
-    if (s->role != R_RECONCILING || s->term != term)
+    if (s->role != R_RECONCILING || s->epoch != epoch)
         return;
     if (r->error) {
         log_warn(ROLE, "reconcile: placement.workers: %s: %s", r->error, r->message);
@@ -1249,7 +1272,7 @@ static void on_workers(const rpc_result_t *r, void *arg)
             continue;
         rec_ctx_t *rc = xcalloc(1, sizeof *rc);
         rc->s = s;
-        rc->term = term;
+        rc->epoch = epoch;
         rc->wid = xstrdup(id);
         if (rpc_call(wc, "env.list", NULL, NULL, 0, 2000, on_env_list, rc) == 0)
             s->reconcile_pending++;
@@ -1265,10 +1288,11 @@ static void on_workers(const rpc_result_t *r, void *arg)
 static void start_reconcile(asg_service_t *s)
 {
     s->role = R_RECONCILING;
+    s->epoch++;
     rpc_client_t *pl = placement_client(s);
     rec_ctx_t *c = xcalloc(1, sizeof *c);
     c->s = s;
-    c->term = s->term;
+    c->epoch = s->epoch;
     if (!pl || rpc_call(pl, "placement.workers", NULL, NULL, 0, 2000, on_workers, c) < 0) {
         free(c);
         reconcile_finish(s);
@@ -1329,6 +1353,7 @@ static void step_down(asg_service_t *s)
         return;
     log_warn(ROLE, "%s: no longer leader (term %llu)", s->id, (unsigned long long)s->term);
     s->role = R_FOLLOWER;
+    s->epoch++;
     json_decref(s->reconcile_seen);
     json_decref(s->reconcile_known);
     s->reconcile_seen = s->reconcile_known = NULL;
