@@ -932,6 +932,12 @@ static void on_created(const rpc_result_t *r, void *arg)
                 if ((e = asg_table_get(s->table, a->env_id)) && e->state == ASG_IDLE)
                     ka_arm(s, e);
             }
+        } else if (r->error && s->role == R_LEADER && !s->closing && e &&
+                   e->state == ASG_INITIALIZING) { /* it failed: no entry may stay behind */
+            if (strcmp(r->error, "InitFailed") && strcmp(r->error, "NoCapacity") &&
+                strcmp(r->error, "CreateFailed"))
+                worker_destroy(s, a->worker_addr, a->env_id);
+            jwrite(s, asg_rec_remove(a->env_id), NULL, NULL);
         }
         acq_fail(a, "NotLeader", "", NULL, NULL, 0);
         return;

@@ -10,6 +10,15 @@
  * address, kept open).  release -> `asg.release` (one-way in spirit: its
  * reply is ignored).
  *
+ * Which replica leads is one shared belief (rb->leader), moved by NotLeader
+ * hints, by the background asg.status refresh and by transport failures.
+ * A failure only moves it away from the replica that failed: if the
+ * belief already moved elsewhere meanwhile, it is kept.  (Rotating from
+ * wherever it stood sent acquires back to a dead replica over and over: the
+ * refresh pointed at the new leader, the failed acquire rotated past it,
+ * and each attempt on the dead replica waited out a reconnect backoff, so
+ * an invoke could fail after 10 s although a leader had been serving.)
+ *
  * Invariants: each acquire's callback runs exactly once unless cancelled; a
  * cancelled acquire that still gets an environment gives it back; a
  * worker lost mid-invocation answers a retryable system error, never a
@@ -46,6 +55,7 @@ typedef struct remote_backend {
     json_t *asg_status;         /* last asg.status, refreshed in the background */
     json_t *fleet_status;       /* last placement.status */
     struct event *status_timer;
+    int status_asked;           /* replica the outstanding asg.status went to, -1: none */
     struct pending_acquire *pending; /* every acquire not yet finished */
     char *roles_path;           /* DATA/run/roles.json written by `flicker up` */
 } remote_backend_t;
@@ -58,6 +68,7 @@ typedef struct pending_acquire {
     uint64_t give_up_ms;
     bool cancelled;
     bool in_flight;             /* an RPC is outstanding (else a retry timer) */
+    int sent_to;                /* replica the outstanding asg.acquire went to */
     struct event *retry;
     struct pending_acquire *next, *prev;
 } pending_acquire_t;
@@ -89,6 +100,14 @@ static rpc_client_t *worker_client(remote_backend_t *rb, const char *address)
 }
 
 /* ------------------------------------------------------------- acquire */
+
+/* Replica `failed` did not answer: believe the next one leads, unless the
+ * belief has already moved away from `failed` (then it is newer news). */
+static void replica_failed(remote_backend_t *rb, int failed)
+{
+    if (rb->leader == failed)
+        rb->leader = (failed + 1) % rb->n_replicas;
+}
 
 static void acquire_free(pending_acquire_t *p)
 {
@@ -179,7 +198,10 @@ static void on_acquire_reply(const rpc_result_t *res, void *arg)
             send_acquire(p);
             return;
         }
-        rb->leader = (rb->leader + 1) % rb->n_replicas;
+        if (transport)
+            replica_failed(rb, p->sent_to);
+        else if (rb->leader == p->sent_to) /* a follower that knows no leader */
+            rb->leader = (p->sent_to + 1) % rb->n_replicas;
         retry_later(p, RETRY_DELAY_MS);
         return;
     }
@@ -225,6 +247,7 @@ static void send_acquire(pending_acquire_t *p)
         return;
     }
     p->in_flight = true;
+    p->sent_to = rb->leader;
     rpc_call(rb->asg[rb->leader], "asg.acquire", p->params, NULL, 0, ACQUIRE_TIMEOUT_MS,
              on_acquire_reply, p);
 }
@@ -364,9 +387,11 @@ static void remote_function_changed(backend_t *b, const char *name, store_t *sto
 static void on_asg_status(const rpc_result_t *res, void *arg)
 {
     remote_backend_t *rb = arg;
+    int asked = rb->status_asked;
+    rb->status_asked = -1;
     if (res->error) {
         if (strcmp(res->error, RPC_CANCELLED) != 0) /* unreachable: try another next time */
-            rb->leader = (rb->leader + 1) % rb->n_replicas;
+            replica_failed(rb, asked);
         return;
     }
     /* A follower says who leads: ask (and send acquires to) that one. */
@@ -392,7 +417,10 @@ static void on_fleet_status(const rpc_result_t *res, void *arg)
 static void on_status_timer(evutil_socket_t fd, short what, void *arg)
 {
     remote_backend_t *rb = arg;
-    rpc_call(rb->asg[rb->leader], "asg.status", NULL, NULL, 0, 2000, on_asg_status, rb);
+    if (rb->status_asked < 0) { /* one at a time: its answer is about that replica */
+        rb->status_asked = rb->leader;
+        rpc_call(rb->asg[rb->leader], "asg.status", NULL, NULL, 0, 2000, on_asg_status, rb);
+    }
     if (rb->placement)
         rpc_call(rb->placement, "placement.status", NULL, NULL, 0, 2000, on_fleet_status, rb);
     struct timeval tv = {.tv_sec = STATUS_REFRESH_MS / 1000, .tv_usec = (STATUS_REFRESH_MS % 1000) * 1000};
@@ -495,6 +523,7 @@ backend_t *backend_remote_new(struct event_base *base, const char *assignment_ad
             return NULL;
         }
     }
+    rb->status_asked = -1;
     rb->status_timer = evtimer_new(base, on_status_timer, rb);
     event_active(rb->status_timer, 0, 0);
     return &rb->base;
