@@ -10,6 +10,15 @@
  * address, kept open).  release -> `asg.release` (one-way in spirit: its
  * reply is ignored).
  *
+ * Which replica leads is one shared belief per group (g->leader), moved by NotLeader
+ * hints, by the background asg.status refresh and by transport failures.
+ * A failure only moves it away from the replica that failed: if the
+ * belief already moved elsewhere meanwhile, it is kept.  (Rotating from
+ * wherever it stood sent acquires back to a dead replica over and over: the
+ * refresh pointed at the new leader, the failed acquire rotated past it,
+ * and each attempt on the dead replica waited out a reconnect backoff, so
+ * an invoke could fail after 10 s although a leader had been serving.)
+ *
  * Invariants: each acquire's callback runs exactly once unless cancelled; a
  * cancelled acquire that still gets an environment gives it back; a
  * worker lost mid-invocation answers a retryable system error, never a
@@ -40,6 +49,7 @@ typedef struct asg_group {
     rpc_client_t **asg;
     int n_replicas;
     int leader;                 /* index of the replica believed to lead */
+    int status_asked;           /* replica the outstanding asg.status went to, -1: none */
     json_t *status;             /* last asg.status of this group */
 } asg_group_t;
 
@@ -68,6 +78,7 @@ typedef struct pending_acquire {
     uint64_t give_up_ms;
     bool cancelled;
     bool in_flight;             /* an RPC is outstanding (else a retry timer) */
+    int sent_to;                /* replica the outstanding asg.acquire went to */
     struct event *retry;
     struct pending_acquire *next, *prev;
 } pending_acquire_t;
@@ -129,6 +140,14 @@ static rpc_client_t *worker_client(remote_backend_t *rb, const char *address)
 }
 
 /* ------------------------------------------------------------- acquire */
+
+/* Replica `failed` did not answer: believe the next one leads, unless the
+ * belief has already moved away from `failed` (then it is newer news). */
+static void replica_failed(asg_group_t *g, int failed)
+{
+    if (g->leader == failed)
+        g->leader = (failed + 1) % g->n_replicas;
+}
 
 static void acquire_free(pending_acquire_t *p)
 {
@@ -220,7 +239,10 @@ static void on_acquire_reply(const rpc_result_t *res, void *arg)
             send_acquire(p);
             return;
         }
-        g->leader = (g->leader + 1) % g->n_replicas;
+        if (transport)
+            replica_failed(g, p->sent_to);
+        else if (g->leader == p->sent_to) /* a follower that knows no leader */
+            g->leader = (p->sent_to + 1) % g->n_replicas;
         retry_later(p, RETRY_DELAY_MS);
         return;
     }
@@ -266,6 +288,7 @@ static void send_acquire(pending_acquire_t *p)
         return;
     }
     p->in_flight = true;
+    p->sent_to = g->leader;
     rpc_call(g->asg[g->leader], "asg.acquire", p->params, NULL, 0, ACQUIRE_TIMEOUT_MS,
              on_acquire_reply, p);
 }
@@ -485,9 +508,11 @@ static void remote_snapshot(backend_t *b, const fn_config_t *cfg, const char *pa
 static void on_asg_status(const rpc_result_t *res, void *arg)
 {
     asg_group_t *g = arg;
+    int asked = g->status_asked;
+    g->status_asked = -1;
     if (res->error) {
         if (strcmp(res->error, RPC_CANCELLED) != 0) /* unreachable: try another next time */
-            g->leader = (g->leader + 1) % g->n_replicas;
+            replica_failed(g, asked);
         return;
     }
     /* A follower says who leads: ask (and send acquires to) that one. */
@@ -515,6 +540,9 @@ static void on_status_timer(evutil_socket_t fd, short what, void *arg)
     remote_backend_t *rb = arg;
     for (int k = 0; k < rb->n_groups; k++) {
         asg_group_t *g = &rb->groups[k];
+        if (g->status_asked >= 0) /* one at a time: its answer is about that replica */
+            continue;
+        g->status_asked = g->leader;
         rpc_call(g->asg[g->leader], "asg.status", NULL, NULL, 0, 2000, on_asg_status, g);
     }
     if (rb->placement)
@@ -618,6 +646,7 @@ backend_t *backend_remote_new(struct event_base *base, const char *assignment_ad
         rb->groups = xrealloc(rb->groups, (size_t)(rb->n_groups + 1) * sizeof *rb->groups);
         asg_group_t *g = &rb->groups[rb->n_groups++];
         memset(g, 0, sizeof *g);
+        g->status_asked = -1;
         for (char *save = NULL, *a = strtok_r(grp, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
             g->replicas = xrealloc(g->replicas, (size_t)(g->n_replicas + 1) * sizeof *g->replicas);
             g->asg = xrealloc(g->asg, (size_t)(g->n_replicas + 1) * sizeof *g->asg);

@@ -67,9 +67,10 @@ typedef struct platform {
     int grace_s;
 } platform_t;
 
-static void usage(void)
+/* `flicker up --help`: the flags of the whole platform on one host. */
+static void usage_up(FILE *f)
 {
-    printf("usage: flicker up [options]\n"
+    fprintf(f, "usage: flicker up [options]\n"
            "  --listen ADDR:PORT        endpoint (default 127.0.0.1:9000)\n"
            "  --data DIR                data directory (default ./.flicker)\n"
            "  --no-auth                 accept unsigned requests (local play only)\n"
@@ -86,6 +87,27 @@ static void usage(void)
            "  --isolation KIND          sandbox (default) or microvm: what isolates each\n"
            "                            execution environment (a function's tag\n"
            "                            flicker:isolation overrides it)\n"
+           "  --verbose                 debug logging\n");
+}
+
+/* `flicker serve frontend --help`: only the flags a lone frontend uses
+ * (keep-alive, --workers and --embedded belong to the other roles or to
+ * `flicker up`). */
+static void usage_frontend(FILE *f)
+{
+    fprintf(f, "usage: flicker serve frontend --assignment ADDR[,ADDR...] [options]\n"
+           "  --assignment ADDR[,..]    the assignment replicas (tcp:HOST:PORT or unix:PATH);\n"
+           "                            the frontend finds the leader itself (required)\n"
+           "  --placement ADDR          placement, for the fleet in /flicker/status\n"
+           "  --listen ADDR:PORT        public HTTP endpoint (default 127.0.0.1:9000)\n"
+           "  --data DIR                data directory: the store and code (default ./.flicker)\n"
+           "  --no-auth                 accept unsigned requests (local play only)\n"
+           "  --account-concurrency N   account limit of the control plane (GetAccountSettings,\n"
+           "                            reserved concurrency checks; default 1000); invokes are\n"
+           "                            throttled by the assignment leader's own limit\n"
+           "  --region REGION           region in ARNs (default us-east-1)\n"
+           "  --grace SECONDS           on stop, wait this long for in-flight invokes (default 5)\n"
+           "  --async-retry-delays A,B  Event retry delays after function errors (default 60,120)\n"
            "  --verbose                 debug logging\n");
 }
 
@@ -246,8 +268,13 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
                 return 2;
             }
             break;
-        case 'h': usage(); return 0;
-        default: usage(); return 2;
+        case 'h':
+        default:
+            if (o->frontend_only)
+                usage_frontend(c == 'h' ? stdout : stderr);
+            else
+                usage_up(c == 'h' ? stdout : stderr);
+            return c == 'h' ? 0 : 2;
         }
     }
     if (o->keep_alive_s < 1 || o->account_concurrency < 1 || o->grace_s < 0 || o->workers < 1) {

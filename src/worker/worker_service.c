@@ -512,11 +512,20 @@ static void on_ptimer(evutil_socket_t fd, short what, void *arg)
                       wc->zone, "memory_mb", wc->memory_mb, "cpus", wc->cpus);
         rc = rpc_call(pc, "worker.register", p, NULL, 0, timeout, on_register_reply, ws);
     } else {
+        /* every live environment, with its function: placement derives
+         * its per-function counts (zone spread) from these lists */
         int n = 0;
-        for (env_t *e = worker_env_first(ws->w); e; e = worker_env_next(e))
-            n += env_state(e) != ENV_DEAD;
-        p = json_pack("{s:s,s:i,s:i}", "worker_id", wc->id, "memory_used_mb", worker_memory_used(ws->w),
-                      "environments", n);
+        json_t *envs = json_array();
+        for (env_t *e = worker_env_first(ws->w); e; e = worker_env_next(e)) {
+            if (env_state(e) == ENV_DEAD)
+                continue;
+            n++;
+            const fn_config_t *cfg = env_config(e);
+            json_array_append_new(envs, json_pack("{s:s,s:s,s:i}", "env_id", env_id(e), "function",
+                                                  cfg->name, "memory_mb", cfg->memory_mb));
+        }
+        p = json_pack("{s:s,s:i,s:i,s:o}", "worker_id", wc->id, "memory_used_mb",
+                      worker_memory_used(ws->w), "environments", n, "envs", envs);
         rc = rpc_call(pc, "worker.heartbeat", p, NULL, 0, timeout, on_heartbeat_reply, ws);
     }
     json_decref(p);
