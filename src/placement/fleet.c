@@ -43,6 +43,7 @@ struct fleet_worker {
     char id[FLEET_ID_MAX];
     char address[FLEET_ADDR_MAX];
     char zone[FLEET_ZONE_MAX];
+    char isolation[16], accelerator[16]; /* as registered (status only) */
     int memory_mb, cpus;
     enum fleet_state state;
     uint64_t lease_expiry, last_seen, state_since;
@@ -334,6 +335,8 @@ int fleet_register(fleet_t *f, const fleet_registration_t *reg, uint64_t now, ui
     }
     strcpy(w->address, reg->address);
     strcpy(w->zone, reg->zone);
+    snprintf(w->isolation, sizeof w->isolation, "%s", reg->isolation ? reg->isolation : "");
+    snprintf(w->accelerator, sizeof w->accelerator, "%s", reg->accelerator ? reg->accelerator : "");
     w->memory_mb = reg->memory_mb;
     w->cpus = reg->cpus;
     w->state = FLEET_ACTIVE;
@@ -731,6 +734,11 @@ json_t *fleet_status(const fleet_t *f, uint64_t now)
                       w->reserved_mb, "cpus", w->cpus, "environments",
                       fleet_worker_environments(w, NULL), "environments_reported",
                       w->reported_envs, "environments_reserved", w->n_res, "functions", fns));
+        json_t *last = json_array_get(workers, json_array_size(workers) - 1);
+        if (w->isolation[0])
+            json_object_set_new(last, "isolation", json_string(w->isolation));
+        if (w->accelerator[0])
+            json_object_set_new(last, "microvm_accelerator", json_string(w->accelerator));
     }
     totals_t t = totals(f);
     return json_pack("{s:o,s:i,s:i,s:i,s:i,s:I,s:I,s:f,s:i}", "workers", workers, "active", t.active,

@@ -91,6 +91,8 @@ typedef struct fleet_registration {
     const char *zone;
     int memory_mb;                  /* capacity offered for environments */
     int cpus;
+    const char *isolation;          /* the worker's default backend, or NULL (status only) */
+    const char *accelerator;        /* microVMs: "kvm"/"tcg", or NULL (status only) */
 } fleet_registration_t;
 
 /* One environment alive on a worker, as its heartbeat lists it. */

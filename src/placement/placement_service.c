@@ -171,7 +171,9 @@ static void m_register(placement_service_t *ps, rpc_call_t *call, json_t *params
     if (memory_mb < 1 || memory_mb > INT32_MAX || cpus < 1 || cpus > 65536)
         return INVALID(call, "worker.register: memory_mb and cpus must be >= 1");
     fleet_registration_t reg = {.id = id, .address = address, .zone = zone,
-                                .memory_mb = (int)memory_mb, .cpus = (int)cpus};
+                                .memory_mb = (int)memory_mb, .cpus = (int)cpus,
+                                .isolation = json_string_value(json_object_get(params, "isolation")),
+                                .accelerator = json_string_value(json_object_get(params, "accelerator"))};
     uint64_t expiry = 0;
     err_t err = {0};
     if (fleet_register(ps->fleet, &reg, now_wall_ms(), &expiry, &err) < 0)

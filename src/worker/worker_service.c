@@ -11,6 +11,7 @@
  * answered at once (into the void) and forgotten, while its environment
  * goes on. */
 #include "worker/worker_service.h"
+#include "worker/microvm.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -508,8 +509,11 @@ static void on_ptimer(evutil_socket_t fd, short what, void *arg)
     json_t *p;
     int rc;
     if (ws->pstate == P_REGISTERING) {
-        p = json_pack("{s:s,s:s,s:s,s:i,s:i}", "worker_id", wc->id, "address", ws->address, "zone",
-                      wc->zone, "memory_mb", wc->memory_mb, "cpus", wc->cpus);
+        p = json_pack("{s:s,s:s,s:s,s:i,s:i,s:s}", "worker_id", wc->id, "address", ws->address,
+                      "zone", wc->zone, "memory_mb", wc->memory_mb, "cpus", wc->cpus, "isolation",
+                      wc->isolation ? wc->isolation : "sandbox");
+        if (wc->isolation && !strcmp(wc->isolation, "microvm")) /* decided at start */
+            json_object_set_new(p, "accelerator", json_string(microvm_accelerator()));
         rc = rpc_call(pc, "worker.register", p, NULL, 0, timeout, on_register_reply, ws);
     } else {
         /* every live environment, with its function: placement derives

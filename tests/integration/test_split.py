@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from harness import SLOW, create_function, do_invoke
+from harness import ISOLATION, SLOW, create_function, do_invoke
 from netns import rpc_call
 
 
@@ -130,6 +130,10 @@ def test_status_shows_roles(split):
     workers = st["placement"]["workers"]
     assert [w["id"] for w in workers] == ["worker-1"]
     assert workers[0]["state"] == "active" and workers[0]["lease_remaining_ms"] > 0
+    # the isolation backend, and for microVMs the accelerator, said plainly
+    assert workers[0]["isolation"] == (ISOLATION or "sandbox")
+    if ISOLATION == "microvm":
+        assert workers[0]["microvm_accelerator"] in ("kvm", "tcg")
 
 
 def test_replicas_report_current_term(split):

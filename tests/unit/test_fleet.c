@@ -73,7 +73,7 @@ static void test_register_grants_lease(void)
     fleet_t *f = new_fleet();
     CHECK(f);
     uint64_t expiry = 0;
-    fleet_registration_t r = {"w1", "10.0.0.1:9100", "a", 4096, 4};
+    fleet_registration_t r = {"w1", "10.0.0.1:9100", "a", 4096, 4, NULL, NULL};
     CHECK(fleet_register(f, &r, T0, &expiry, NULL) == 0);
     CHECK(expiry == T0 + 100000);
     const fleet_worker_t *w = fleet_get(f, "w1");
@@ -92,16 +92,16 @@ static void test_register_rejects_bad_fields(void)
 {
     fleet_t *f = new_fleet();
     err_t err = {0};
-    fleet_registration_t r = {"w1", "addr", "a", 0, 1};
+    fleet_registration_t r = {"w1", "addr", "a", 0, 1, NULL, NULL};
     CHECK(fleet_register(f, &r, T0, NULL, &err) == -1 && err.code == EINVAL);
-    r = (fleet_registration_t){"", "addr", "a", 128, 1};
+    r = (fleet_registration_t){"", "addr", "a", 128, 1, NULL, NULL};
     CHECK(fleet_register(f, &r, T0, NULL, &err) == -1 && err.code == EINVAL);
     char long_id[FLEET_ID_MAX + 1];
     memset(long_id, 'x', sizeof long_id - 1);
     long_id[sizeof long_id - 1] = 0;
-    r = (fleet_registration_t){long_id, "addr", "a", 128, 1};
+    r = (fleet_registration_t){long_id, "addr", "a", 128, 1, NULL, NULL};
     CHECK(fleet_register(f, &r, T0, NULL, &err) == -1 && err.code == EINVAL);
-    r = (fleet_registration_t){"w1", "addr", NULL, 128, 1};
+    r = (fleet_registration_t){"w1", "addr", NULL, 128, 1, NULL, NULL};
     CHECK(fleet_register(f, &r, T0, NULL, &err) == -1 && err.code == EINVAL);
     CHECK(fleet_count(f) == 0 && n_events(f) == 0);
     fleet_free(f);
@@ -273,7 +273,7 @@ static void test_reregister_after_loss(void)
     CHECK(fleet_tick(f, T0 + 5000) == 1); /* LOST */
     fleet_events_clear(f);
     uint64_t expiry;
-    fleet_registration_t r = {"w1", "10.0.0.9:9100", "b", 2048, 4};
+    fleet_registration_t r = {"w1", "10.0.0.9:9100", "b", 2048, 4, NULL, NULL};
     CHECK(fleet_register(f, &r, T0 + 6000, &expiry, NULL) == 0);
     CHECK(expiry == T0 + 6000 + 100000);
     const fleet_event_t *ev = only_event(f);
@@ -551,7 +551,7 @@ static void test_scale_out_on_unmet_demand(void)
 static void test_status_json_shape(void)
 {
     fleet_t *f = new_fleet();
-    fleet_registration_t r = {"w1", "10.0.0.1:9100", "a", 2048, 4};
+    fleet_registration_t r = {"w1", "10.0.0.1:9100", "a", 2048, 4, NULL, NULL};
     fleet_register(f, &r, T0, NULL, NULL);
     reg(f, "w2", "b", 1024, T0);
     fleet_env_added(f, "w1", "fn", 256, NULL);
