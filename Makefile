@@ -26,7 +26,7 @@ INIT_BIN  := $(BUILD)/flicker-init
 BENCH_BIN := $(BUILD)/bench/asg_bench
 AGENT_BIN := $(BUILD)/flicker-agent
 
-.PHONY: all clean test unit bench bench-leader fuzz guest
+.PHONY: all clean test unit bench bench-leader bench-microvm fuzz guest
 all: $(BUILD)/flicker $(UNIT_BIN) $(INIT_BIN) $(AGENT_BIN) $(BENCH_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -80,9 +80,15 @@ test:
 bench: all
 	/usr/bin/python3 bench/run.py --build $(BUILD)
 	/usr/bin/python3 bench/leader.py --build $(BUILD)
+	$(MAKE) bench-microvm
 
 bench-leader: all
 	/usr/bin/python3 bench/leader.py --build $(BUILD)
+
+# Cold start by full boot + Init vs restore from a snapshot (provided and
+# Python, same run), microVM starts per second, host memory per microVM.
+bench-microvm: all guest
+	FLICKER_VM_BENCH=5 CHECK_ONLY=test_vm_bench $(BUILD)/tests/test_microvm
 
 # libFuzzer targets: fuzz/fuzz_*.c, each linked with the library sources
 # built by clang with ASan+UBSan; `make fuzz` builds them and runs each for
