@@ -24,7 +24,7 @@ UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 INIT_BIN  := $(BUILD)/flicker-init
 
-.PHONY: all clean test unit bench fuzz
+.PHONY: all clean test unit bench fuzz chaos
 all: $(BUILD)/flicker $(UNIT_BIN) $(INIT_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -59,6 +59,13 @@ test:
 
 bench: all
 	/usr/bin/python3 bench/run.py --build $(BUILD)
+
+# The chaos suite (chaos/run.py, docs/chaos.md): each fault on a fresh
+# platform under load; several minutes; needs root (sandboxes, network
+# namespaces, a loop-mounted disk).  Writes the results into docs/chaos.md.
+# CHAOS_ARGS="--only worker,frontend" or "--smoke" narrows or shortens it.
+chaos: all
+	/usr/bin/python3 chaos/run.py --build $(BUILD) --write-doc $(CHAOS_ARGS)
 
 # libFuzzer targets: fuzz/fuzz_*.c, each linked with the library sources
 # built by clang with ASan+UBSan; `make fuzz` builds them and runs each for

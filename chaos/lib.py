@@ -328,11 +328,6 @@ def sandboxes_of(instance_dirs):
     return out
 
 
-def instance_pid(name):
-    m = re.match(r"sbx-(\d+)-(\d+)$", name)
-    return int(m.group(1)) if m else None
-
-
 # ---------------------------------------------------------------- platform
 
 class Platform:
@@ -879,10 +874,12 @@ def function_double_hands(invocations):
 
 # ---------------------------------------------------------------- orphans
 
-def placement_check(table_envs, worker_envs, live_worker_ids, instances_of_workers, dead_instances,
-                    busy_expected=0):
-    """Compares the assignment table with what runs (after the load stopped
-    and the queue drained, so nothing should be busy):
+ORPHAN_KINDS = ("not in table", "stuck busy", "stuck in table", "dead sandboxes", "cgroup only")
+
+
+def placement_check(table_envs, worker_envs, live_worker_ids, instances_of_workers, dead_instances):
+    """Compares the assignment table with what runs, once the load stopped
+    and the queue drained (so nothing should be busy or initializing):
 
       table_envs        [{env_id, worker_id, state}] from the leader
       worker_envs       {worker id: {env_id: state}} from env.list
@@ -890,32 +887,42 @@ def placement_check(table_envs, worker_envs, live_worker_ids, instances_of_worke
       instances_of_workers {worker id: [cgroup dirs of its live instance]}
       dead_instances    {instance name: dirs} of this platform's dead workers
 
-    Returns a dict of lists: orphans (run but not in the table), stuck
-    (busy in the table with no request in flight: never reused, never
-    expired), dead_sandboxes (left by a dead worker process), cgroup_only
-    (a sandbox cgroup its worker does not list), phantoms (in the table,
-    not on any worker)."""
-    res = {"orphans": [], "stuck": [], "dead_sandboxes": [], "cgroup_only": [], "phantoms": []}
+    Returns a dict of lists.  Orphans (ORPHAN_KINDS: nobody will ever use
+    or reclaim them):
+      not in table     on a worker, not in the table
+      stuck busy       busy in the table, on its worker, no request in
+                       flight: never handed out again, never expired by
+                       keep-alive, and counted as in flight
+      stuck in table   busy or initializing in the table but on no worker:
+                       the same, without even a sandbox
+      dead sandboxes   sandboxes of a dead worker process still present
+      cgroup only      a sandbox cgroup with processes its worker does not list
+    Reported only:
+      idle phantoms    idle in the table, on no worker: the next invoke
+                       that gets one meets UnknownEnvironment and is
+                       redelivered, which removes it (docs/distributed.md)"""
+    res = {k: [] for k in ORPHAN_KINDS + ("idle phantoms",)}
     in_table = {e["env_id"]: e for e in table_envs}
     for wid, envs in worker_envs.items():
         for eid in (envs or {}):
             if eid not in in_table:
-                res["orphans"].append(f"{eid} on {wid}")
+                res["not in table"].append(f"{eid} on {wid}")
     for eid, e in in_table.items():
-        wid = e.get("worker_id")
+        wid, st = e.get("worker_id"), e.get("state")
         envs = worker_envs.get(wid)
         if wid not in live_worker_ids or (envs is not None and eid not in envs):
-            res["phantoms"].append(f"{eid} ({e.get('state')}) on {wid}")
-        elif e.get("state") == "busy":
-            res["stuck"].append(f"{eid} on {wid}")
+            res["idle phantoms" if st == "idle" else "stuck in table"].append(f"{eid} ({st}) on {wid}")
+        elif st in ("busy", "initializing"):
+            res["stuck busy"].append(f"{eid} ({st}) on {wid}")
     for wid, dirs in instances_of_workers.items():
         listed = set((worker_envs.get(wid) or {}).keys())
         for sb, pids in sandboxes_of(dirs).items():
             if sb not in listed and pids:
-                res["cgroup_only"].append(f"{sb} on {wid} (pids {sorted(pids)[:5]})")
+                res["cgroup only"].append(f"{sb} on {wid} (pids {sorted(pids)[:5]})")
     for name, dirs in dead_instances.items():
-        for sb, pids in sandboxes_of(dirs).items():
-            res["dead_sandboxes"].append(f"{name}/{sb} ({len(pids)} processes)")
-        if not sandboxes_of(dirs):
-            res["dead_sandboxes"].append(f"{name} (empty instance directory)")
+        sbs = sandboxes_of(dirs)
+        for sb, pids in sbs.items():
+            res["dead sandboxes"].append(f"{name}/{sb} ({len(pids)} processes)")
+        if not sbs:
+            res["dead sandboxes"].append(f"{name} (empty instance directory)")
     return res

@@ -22,13 +22,16 @@ The numbers (Result) and what they mean:
   events          Event invokes accepted (202); refused (not 202); lost =
                   accepted but never run (neither in the function's log nor
                   confirmed by its on-success destination) after draining
-  orphans         environments running that nobody will ever use or
-                  reclaim: on a worker but not in the assignment table, busy
-                  in the table with no request in flight (stuck), sandboxes
-                  of a dead worker process still present, or a sandbox
-                  cgroup its worker does not list
-  phantoms        in the table but on no worker (reported, not an orphan:
-                  nothing runs; an invoke that meets one is redelivered)
+  orphans         environments (or table entries) nobody will ever use or
+                  reclaim (lib.placement_check): on a worker but not in the
+                  assignment table; busy in the table with no request in
+                  flight (stuck: never handed out again, never expired,
+                  counted as in flight), whether or not a worker has it;
+                  sandboxes of a dead worker process; a sandbox cgroup its
+                  worker does not list
+  phantoms        idle in the table but on no worker (reported, not an
+                  orphan: an invoke that meets one is redelivered and the
+                  entry removed)
   double          environments ever handed to two requests: from the
                   journal (a `busy` record for an env already busy) and
                   from the function's reports (repeated count, overlap)
@@ -36,13 +39,11 @@ The numbers (Result) and what they mean:
                   cgroups/processes, role processes, mounts, loop devices
 """
 import json
-import os
 import time
 from dataclasses import dataclass, field
 
-from lib import (Api, Load, Monitor, cgroup_instances, delivered_ids, deploy_pair,
-                 function_double_hands, instance_pid, journal_double_hands, log, now,
-                 parse_function_log, pid_alive, placement_check, proc_starttime, wait_until)
+from lib import (ORPHAN_KINDS, Api, cgroup_instances, delivered_ids, function_double_hands, journal_double_hands,
+                 log, now, parse_function_log, placement_check, proc_starttime, wait_until)
 
 
 @dataclass
@@ -262,16 +263,16 @@ def settle_single(p, res, timeout):
         table = lead[1]["table"]["envs"] if lead else []
         chk = placement_check(table, wenvs, set(workers), live, dead)
         if not lead:  # nothing to compare the workers with
-            chk["orphans"] = chk["phantoms"] = []
+            for k in ("not in table", "stuck busy", "stuck in table", "idle phantoms"):
+                chk[k] = []
         chk["no leader"] = [] if lead else ["no assignment leader answered"]
         last = chk
-        bad = sum(len(v) for k, v in chk.items() if k != "phantoms")
+        bad = sum(len(v) for k, v in chk.items() if k != "idle phantoms")
         if bad == 0 or time.monotonic() >= deadline:
             break
         time.sleep(1.0)
-    res.orphans = None if last["no leader"] else \
-        sum(len(last[k]) for k in ("orphans", "stuck", "dead_sandboxes", "cgroup_only"))
-    res.phantoms = len(last["phantoms"])
+    res.orphans = None if last["no leader"] else sum(len(last[k]) for k in ORPHAN_KINDS)
+    res.phantoms = len(last["idle phantoms"])
     res.details["orphan check"] = {k: v[:6] for k, v in last.items() if v}
     res.details["table size"] = len(table)
     if lead:  # invocations the leader counts as running, with nothing running
