@@ -54,6 +54,20 @@ SECRET_KEY = "flicker-chaos-secret-key-000000000000000"
 REGION = "us-east-1"
 ROLE_ARN = "arn:aws:iam::000000000000:role/chaos"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
+
+
+def sanitizer_reports(paths):
+    """Lines of the given log files that are sanitizer reports (ASan build)."""
+    hits = []
+    for p in paths:
+        try:
+            text = Path(p).read_text(errors="replace")
+        except OSError:
+            continue
+        hits += [f"{Path(p).name}: {line[:200]}" for line in text.splitlines()
+                 if any(x in line for x in SANITIZER_PATTERNS)]
+    return hits
 
 
 def now():
@@ -720,6 +734,19 @@ class Monitor:
         if last_bad is None:
             return samples[0][1], reasons
         return next(t1 for t0, t1, ok, _ in samples if t0 > last_bad), reasons
+
+    def stretches(self, since, limit=6):
+        """Unhealthy stretches after `since`: [(from s, to s, reason)],
+        relative to `since`, consecutive checks with one reason merged."""
+        out = []
+        for t0, t1, ok, why in (s for s in self.samples if s[0] >= since):
+            if ok:
+                continue
+            if out and out[-1][2] == why and t0 - since - out[-1][1] < 2 * self.interval + 2.5:
+                out[-1][1] = t1 - since
+            else:
+                out.append([t0 - since, t1 - since, why])
+        return [(round(a, 2), round(b, 2), w) for a, b, w in out[:limit]]
 
 
 # ---------------------------------------------------------------- deliveries

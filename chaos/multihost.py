@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integrat
 import netns  # noqa: E402
 from lib import (ACCESS_KEY, SECRET_KEY, Api, Load, Monitor, cgroup_instances, deploy_pair,  # noqa: E402
                  etcd_journal_records, instance_of, log, now, pid_alive, placement_check,
-                 queued_event_ids, rpc_ok, sandboxes_of, wait_until)
+                 queued_event_ids, rpc_ok, sandboxes_of, sanitizer_reports, wait_until)
 from scenario import (Result, analyse, double_handing, drain_events, finish, observe)  # noqa: E402
 
 FE_PORT = 9000
@@ -405,6 +405,7 @@ def _run_host(res, which, build, workroot, timing):
                 res.notes.append(f"roles that did not exit 0 on SIGTERM: {bad}")
             res.notes += problems
             res.left = c.leftovers()
+            res.sanitizer = sanitizer_reports(p for p in c.workdir.glob("*.log") if not p.name.startswith("etcd"))
         except Exception as e:
             res.notes.append(f"stop: {type(e).__name__}: {e}")
         res.details["log"] = str(c.workdir)

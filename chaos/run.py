@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lib import (REPO, Api, Load, Monitor, Platform, deploy_pair, journal_records, log, now,  # noqa: E402
-                 queued_event_ids, wait_until)
+                 queued_event_ids, sanitizer_reports, wait_until)
 from scenario import (FULL, SMOKE, Result, analyse, as_json, double_handing, drain_events,  # noqa: E402
                       finish, fmt_s, observe, settle_single, summary_line)
 
@@ -112,6 +112,7 @@ def run_single(name, fault, build, workroot, timing, args=None, data=None, setup
             res.notes.append(f"flicker up exited {res.stop_rc} on SIGTERM")
         if teardown:
             teardown(p, res)
+        res.sanitizer = sanitizer_reports(p.logs)
         res.details["log"] = str(p.workdir)
     return finish(res)
 

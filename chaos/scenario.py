@@ -84,6 +84,7 @@ class Result:
     double: int = 0
     handouts: int = 0
     left: dict = field(default_factory=dict)
+    sanitizer: list = field(default_factory=list)
     stop_rc: object = None
     errors: dict = field(default_factory=dict)
     unhealthy: list = field(default_factory=list)
@@ -107,6 +108,8 @@ class Result:
             out.append(f"{self.double} environments handed to two requests")
         if self.left:
             out.append(f"left after stop: {self.left}")
+        if self.sanitizer:
+            out.append(f"sanitizer reports: {self.sanitizer[:5]}")
         if self.whole is None and self.fault and "refus" not in self.verdict:
             out.append("service never whole again")
         return out
@@ -186,6 +189,7 @@ def analyse(res, load, monitor, t_fault, fn_log, ran, confirmed, still_queued=()
         back, reasons = monitor.recovered_at(t_fault)
         res.roles_back = None if back is None else max(0.0, back - t_fault)
         res.unhealthy = reasons[:6]
+        res.details["unhealthy stretches (s after the fault)"] = monitor.stretches(t_fault)
         res.whole = None if res.roles_back is None else max(res.last_fail, res.roles_back)
     accepted = {r["id"] for r in events if r["ok"]}
     res.accepted = len(accepted)
