@@ -305,7 +305,8 @@ def settle_cluster(c, res, timeout):
     else:
         res.orphans = sum(len(v) for k, v in chk.items() if k not in ("idle phantoms", "no leader"))
     res.phantoms = len(chk["idle phantoms"])
-    res.details["orphan check"] = {k: v[:6] for k, v in chk.items() if v}
+    res.details["orphan kinds"] = {k: len(v) for k, v in chk.items() if v}
+    res.details["orphan check"] = {k: v[:4] for k, v in chk.items() if v}
     res.details["table size"] = len(table)
     if lead:
         res.details["leader in-flight count at rest"] = lead[1].get("in_flight")

@@ -277,7 +277,8 @@ def settle_single(p, res, timeout):
         time.sleep(1.0)
     res.orphans = None if last["no leader"] else sum(len(last[k]) for k in ORPHAN_KINDS)
     res.phantoms = len(last["idle phantoms"])
-    res.details["orphan check"] = {k: v[:6] for k, v in last.items() if v}
+    res.details["orphan kinds"] = {k: len(v) for k, v in last.items() if v}
+    res.details["orphan check"] = {k: v[:4] for k, v in last.items() if v}
     res.details["table size"] = len(table)
     if lead:  # invocations the leader counts as running, with nothing running
         res.details["leader in-flight count at rest"] = lead[1].get("in_flight")
