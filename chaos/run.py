@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lib import (REPO, Api, Load, Monitor, Platform, deploy_pair, journal_records, log, now,  # noqa: E402
-                 queued_event_ids, sanitizer_reports, wait_until)
+from lib import (REPO, Api, Load, Monitor, Platform, deploy_pair, journal_double_hands,  # noqa: E402
+                 journal_records, log, now, queued_event_ids, sanitizer_reports, wait_until)
 from scenario import (FULL, SMOKE, Result, analyse, as_json, double_handing, drain_events,  # noqa: E402
                       finish, fmt_s, observe, settle_single, summary_line)
 
@@ -105,7 +105,8 @@ def run_single(name, fault, build, workroot, timing, args=None, data=None, setup
         try:
             res.stop_rc = p.stop()
             if p.proc is not None:
-                res.left = wait_until(lambda: not p.leftovers() and {}, 10, 0.5) or p.leftovers()
+                wait_until(lambda: not p.leftovers(), 10, 0.5)  # teardown may lag the exit
+                res.left = p.leftovers()
         except Exception as e:
             res.notes.append(f"stop: {type(e).__name__}: {e}")
         if res.stop_rc not in (0, None):
@@ -249,6 +250,12 @@ def fault_corrupt_middle(p, res, t):
     elif rc == 0 or not clear or not untouched:
         res.verdict = "FAIL"
         res.problems.append(f"refusal not as documented (exit {rc}, message {bool(clear)}, untouched {untouched})")
+    # Hand-outs before the fault are checked on the refused journal itself.
+    bad, handouts, anomalies = journal_double_hands(None, recs)
+    res.details["double (journal before the remedy)"] = {"double-handed": sorted(bad)[:5],
+                                                         "hand-outs": handouts, "anomalies": anomalies[:3]}
+    res.double += len(bad)
+    res.handouts += handouts
     aside = p.data / f"journal.corrupt-{int(t)}"
     (p.data / "journal").rename(aside)
     res.details["corrupt middle"]["remedy"] = f"journal moved to {aside.name}"

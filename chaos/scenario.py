@@ -230,8 +230,8 @@ def double_handing(res, invocations, sync_records, snap_recs):
     j_bad, handouts, anomalies = set(), 0, []
     if snap_recs is not None:
         j_bad, handouts, anomalies = journal_double_hands(*snap_recs)
-    res.double = len(fn_bad) + len(j_bad)
-    res.handouts = handouts
+    res.double += len(fn_bad) + len(j_bad)
+    res.handouts += handouts
     res.details["double (journal)"] = sorted(j_bad)[:5]
     res.details["double (function)"] = sorted(fn_bad)[:5]
     if anomalies:
