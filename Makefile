@@ -23,9 +23,11 @@ LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 INIT_BIN  := $(BUILD)/flicker-init
+BENCH_BIN := $(BUILD)/bench/asg_bench
+AGENT_BIN := $(BUILD)/flicker-agent
 
-.PHONY: all clean test unit bench fuzz chaos
-all: $(BUILD)/flicker $(UNIT_BIN) $(INIT_BIN)
+.PHONY: all clean test unit bench bench-leader bench-microvm fuzz guest chaos
+all: $(BUILD)/flicker $(UNIT_BIN) $(INIT_BIN) $(AGENT_BIN) $(BENCH_BIN)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -47,9 +49,27 @@ $(INIT_BIN): init/flicker-init.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -static -o $@ $<
 
+# The microVM guest agent (PID 1 inside a VM): static and sanitizer-free
+# like flicker-init; it shares the frame codec with the worker.
+$(AGENT_BIN): guest/flicker-agent.c src/worker/vmproto.c src/worker/vmproto.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -Wshadow -Wformat=2 -static -Isrc -o $@ \
+	  guest/flicker-agent.c src/worker/vmproto.c
+
+# The microVM guest: kernel and root images, built once and cached outside
+# the tree (FLICKER_CACHE_DIR, default /var/cache/flicker), linked into
+# $(BUILD)/guest/ where the microvm backend looks for them (docs/guest.md).
+guest: $(AGENT_BIN)
+	scripts/guest-kernel.sh $(BUILD)/guest/vmlinux
+	scripts/guest-rootfs.sh $(AGENT_BIN) $(BUILD)/guest
+
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libflicker.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(BUILD)/libflicker.a $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libflicker.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libflicker.a $(LDLIBS)
 
 unit: all
 	@scripts/unit.sh $(BUILD)
@@ -59,6 +79,16 @@ test:
 
 bench: all
 	/usr/bin/python3 bench/run.py --build $(BUILD)
+	/usr/bin/python3 bench/leader.py --build $(BUILD)
+	$(MAKE) bench-microvm
+
+bench-leader: all
+	/usr/bin/python3 bench/leader.py --build $(BUILD)
+
+# Cold start by full boot + Init vs restore from a snapshot (provided and
+# Python, same run), microVM starts per second, host memory per microVM.
+bench-microvm: all guest
+	FLICKER_VM_BENCH=5 CHECK_ONLY=test_vm_bench $(BUILD)/tests/test_microvm
 
 # The chaos suite (chaos/run.py, docs/chaos.md): each fault on a fresh
 # platform under load; several minutes; needs root (sandboxes, network

@@ -17,4 +17,6 @@ clang $cflags -o "$out/fuzz_control" fuzz/fuzz_control.c $srcs $libs
 # shellcheck disable=SC2086
 clang $cflags -o "$out/fuzz_codezip" fuzz/fuzz_codezip.c src/common/err.c src/common/log.c \
   src/common/util.c src/store/codezip.c $libs
-echo "built $out/fuzz_control $out/fuzz_codezip"
+# shellcheck disable=SC2086
+clang $cflags -o "$out/fuzz_vmproto" fuzz/fuzz_vmproto.c src/worker/vmproto.c
+echo "built $out/fuzz_control $out/fuzz_codezip $out/fuzz_vmproto"

@@ -9,6 +9,8 @@ PKGS=(
   nodejs                                                # Node.js runtime
   zip unzip curl iproute2 procps psmisc util-linux e2fsprogs
   etcd-server etcd-client                               # the distributed journal backend + its tests
+  linux-source-6.1 bc flex bison libelf-dev xz-utils    # the microVM guest kernel (scripts/guest-kernel.sh)
+  qemu-system-x86 erofs-utils busybox-static            # microVMs, their root images (scripts/guest-rootfs.sh)
 )
 missing=()
 for p in "${PKGS[@]}"; do

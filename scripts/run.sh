@@ -6,7 +6,8 @@
 # Ctrl-C (which stops flicker cleanly).
 #
 # Environment: FLICKER_LISTEN (default 127.0.0.1:9000), FLICKER_DATA
-# (default ./.flicker).  Credentials: FLICKER_ACCESS_KEY_ID and
+# (default ./.flicker), FLICKER_ISOLATION (sandbox, the default, or microvm:
+# then the microVM guest is built first, ~8 minutes the first time).  Credentials: FLICKER_ACCESS_KEY_ID and
 # FLICKER_SECRET_ACCESS_KEY if set, else the ones flicker writes to
 # DATA/credentials (AWS shared-credentials format) on first start.
 set -euo pipefail
@@ -20,10 +21,15 @@ echo "run.sh: installing dependencies"
 bash scripts/install-deps.sh
 echo "run.sh: building"
 make -j2 >/dev/null
+ISOLATION=${FLICKER_ISOLATION:-sandbox}
+if [ "$ISOLATION" = microvm ]; then
+    echo "run.sh: building the microVM guest (kernel, agent, root images; cached)"
+    make -j2 guest >/dev/null
+fi
 
 mkdir -p "$DATA"
 echo "run.sh: starting flicker on $LISTEN (data in $DATA, log in $DATA/flicker.log)"
-build/flicker up --listen "$LISTEN" --data "$DATA" >>"$DATA/flicker.log" 2>&1 &
+build/flicker up --listen "$LISTEN" --data "$DATA" --isolation "$ISOLATION" >>"$DATA/flicker.log" 2>&1 &
 pid=$!
 stop() {
     echo

@@ -5,6 +5,14 @@
 #   3. unit tests of both builds (scripts/unit.sh prints PASS/FAIL/SKIP)
 #   4. tests/runtimes (if present) and tests/integration with pytest, against
 #      both builds (FLICKER_BUILD=build, then build/asan)
+#   5. the microVM guest, built right after the binaries: `make guest` for
+#      the first build (kernel and root images are cached in
+#      ${FLICKER_CACHE_DIR:-/var/cache/flicker}, so only a fresh machine or a
+#      changed input rebuilds them: ~8 min); after the suites above, the
+#      integration suite once more with FLICKER_TEST_ISOLATION=microvm
+#      (every environment a QEMU microVM), then tests/guest, which boots the
+#      guest directly.  A failed guest build counts as one failure and skips
+#      the microVM suites.
 # The last line printed is always "N passed, N failed"; skips are reported on
 # the line before and are not counted as passed.  A failed install or build
 # counts as one failure (and its build's tests are not run).  Exits non-zero
@@ -12,7 +20,8 @@
 #
 # Environment: FLICKER_TEST_OUT (results dir, default build/test-results),
 # FLICKER_TEST_BUILDS (default "build build/asan"), PYTEST_ARGS (extra args,
-# e.g. "-k invoke"), FLICKER_SKIP_INSTALL=1 (skip step 1).
+# e.g. "-k invoke"), FLICKER_SKIP_INSTALL=1 (skip step 1),
+# FLICKER_GUEST_CAP (seconds for tests/guest, default 1200).
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -24,6 +33,8 @@ BUILDS=${FLICKER_TEST_BUILDS:-build build/asan}
 # junit report and stops its servers), keeping CI well under 90 minutes.
 INTEGRATION_CAP=${FLICKER_INTEGRATION_CAP:-1200}
 RUNTIMES_CAP=${FLICKER_RUNTIMES_CAP:-600}
+GUEST_CAP=${FLICKER_GUEST_CAP:-1200}
+MICROVM_INTEGRATION_CAP=${FLICKER_MICROVM_INTEGRATION_CAP:-2400}
 
 passed=0
 failed=0
@@ -73,6 +84,31 @@ for b in $BUILDS; do
         note_failure "make ${make_args[*]} (see $log)"
     fi
 done
+
+# ------------------------------------------------------------ microVM guest
+# Built before any test runs: the unit tests (test_microvm), the SnapStart
+# integration tests and the microvm pass below boot it.  Every build uses
+# the first build's images (FLICKER_GUEST_DIR).
+guest_build=${BUILDS%% *}
+guest_ok=
+if [ -n "${built[$guest_build]:-}" ]; then
+    section "build guest ($guest_build: kernel, agent, root images)"
+    if [ "$guest_build" = build ]; then
+        make_args=(-j2 guest)
+    else
+        make_args=(-j2 SAN=1 "BUILD=$guest_build" guest)
+    fi
+    log="$OUT/make-guest.log"
+    if make "${make_args[@]}" >"$log" 2>&1; then
+        grep -E '^(guest-(kernel|rootfs):|/)' "$log" || true
+        export FLICKER_GUEST_DIR=$ROOT/$guest_build/guest
+        guest_ok=1
+        echo "ok"
+    else
+        tail -n 40 "$log"
+        note_failure "make ${make_args[*]} (see $log)"
+    fi
+fi
 
 # ------------------------------------------------------------- unit tests
 for b in $BUILDS; do
@@ -136,9 +172,9 @@ reap_leftovers() {
 }
 
 run_pytest() {
-    local dir=$1 b=$2 cap=$3
-    local label="${dir#tests/} ($b)"
-    local tag="${dir//\//-}-${b//\//-}"
+    local dir=$1 b=$2 cap=$3 variant=${4:-}
+    local label="${dir#tests/} ($b${variant:+, $variant})"
+    local tag="${dir//\//-}-${b//\//-}${variant:+-$variant}"
     local xml="$OUT/junit-$tag.xml"
     local base="$OUT/tmp-$tag"
     section "pytest $label"
@@ -175,6 +211,16 @@ for b in $BUILDS; do
     fi
     run_pytest tests/integration "$b" "$INTEGRATION_CAP"
 done
+
+# The integration suite again with every environment in a microVM (QEMU
+# TCG here: slower cold starts), against the first build.
+if [ -n "$guest_ok" ]; then
+    FLICKER_TEST_ISOLATION=microvm run_pytest tests/integration "$guest_build" \
+        "$MICROVM_INTEGRATION_CAP" microvm
+    run_pytest tests/guest "$guest_build" "$GUEST_CAP"
+else
+    echo "test.sh: not running the microVM suites: the guest build failed"
+fi
 
 # ---------------------------------------------------------------- summary
 section "summary"

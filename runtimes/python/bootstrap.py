@@ -436,6 +436,16 @@ class RuntimeClient(object):
                    json.dumps(error).encode("utf-8"),
                    self._error_headers(error, xray))
 
+    def restore_next(self):
+        resp, data = self._request("GET", "/runtime/restore/next")
+        if resp.status != 200:
+            raise RuntimeAPIError("GET restore/next returned {} {}: {}".format(
+                resp.status, resp.reason, data[:512].decode("utf-8", "replace")))
+
+    def post_restore_error(self, error):
+        self._post("/runtime/restore/error", json.dumps(error).encode("utf-8"),
+                   self._error_headers(error, None))
+
     def post_init_error(self, error):
         self._post("/runtime/init/error", json.dumps(error).encode("utf-8"),
                    self._error_headers(error, None))
@@ -494,6 +504,32 @@ def _setup_path(task_root):
     front = [task_root, "/opt/python/lib/{}/site-packages".format(ver),
              "/opt/python"]
     sys.path[:0] = [p for p in front if p not in sys.path]
+    # Modules the runtime offers to functions (snapshot_restore_py), after
+    # the function's own so that it can bring its own versions.
+    sys.path.append(os.path.join(here, "lib"))
+
+
+def run_snapstart_hooks(client):
+    """SnapStart: before-snapshot hooks, wait for the restore, after-restore hooks."""
+    import snapshot_restore_py as hooks
+    try:
+        hooks._run_before_snapshot()
+    except Exception as e:
+        error = fault_from_exception(e)[0]
+        error["errorType"] = "Runtime.BeforeSnapshotError"
+        log_error(error)
+        client.post_init_error(error)
+        return 1
+    client.restore_next()
+    try:
+        hooks._run_after_restore()
+    except Exception as e:
+        error = fault_from_exception(e)[0]
+        error["errorType"] = "Runtime.AfterRestoreError"
+        log_error(error)
+        client.post_restore_error(error)
+        return 1
+    return 0
 
 
 def main():
@@ -530,6 +566,9 @@ def main():
             log_error(error)
             client.post_init_error(error)
             return 1
+        if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
+            if run_snapstart_hooks(client) != 0:
+                return 1
         while True:
             headers, body = client.next_invocation()
             _CURRENT_REQUEST_ID = headers.get("Lambda-Runtime-Aws-Request-Id")

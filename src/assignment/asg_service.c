@@ -4,8 +4,9 @@
  *
  * The journal thread (jt_*) makes every blocking journal call.  As a
  * follower it loads the snapshot, reads the log, and loops: read who leads
- * (kept for NotLeader answers); if nobody does or the lease is past its
- * expiry, campaign; else wait (<= 100 ms) for new records and read them.
+ * and the term (kept for NotLeader answers and asg.status); if nobody does
+ * or the lease is past its expiry, campaign (as "ADDR#NONCE", see
+ * new_incarnation); else wait (<= 100 ms) for new records and read them.
  * On winning a campaign it reads to the end of the log and then posts
  * LEADER.  As leader it takes append requests from the loop in FIFO order,
  * appends each with its term, posts APPENDED (ok or not) for each, renews
@@ -22,7 +23,15 @@
  * a reply sent.  The lease is also checked by the loop itself against
  * lease_until (set by the journal thread from the time *before* the
  * campaign/renew request left, plus lease_ms; the journal grants at least
- * that), so a leader whose journal thread is stuck stops serving in time.
+ * that), so a leader whose journal thread is stuck stops serving in time;
+ * a loop timer at lease_until steps it down to follower then (on_lease_check)
+ * and the journal thread either gets the lease renewed after all (LEADER
+ * again, same term) or deposes it.
+ *
+ * Cold starts make the env_id before placement.pick, which reserves room
+ * for it (placement's per-function counts see it before any heartbeat); an
+ * acquisition that ends without its environment created gives that back
+ * (placement_unreserve -> placement.env_removed {worker_id, env_id}).
  *
  * Volatile leader state (not journaled): in-flight counters for
  * throttling, per-env `unreserved` and `stale` marks, keep-alive timers,
@@ -113,15 +122,28 @@ struct asg_service {
     char *snap_data;
     size_t snap_len;
     uint64_t snap_upto;
-    char leader_id[128];
+    char leader_id[128];       /* who leads, as an address (incarnation suffix stripped) */
+    uint64_t journal_term;     /* the newest term the journal thread has seen */
     uint64_t lease_until;      /* mono ms; 0: no lease */
+    uint64_t lapsed_term;      /* the loop stepped down when this term's lease
+                                  ran out by its clock; the journal thread
+                                  renews at once and, if the journal still
+                                  grants it, posts LEADER again (resumed) */
     int efd;
     struct event *ev_efd;
 
+    /* journal thread only: the candidate id of this leadership attempt,
+     * "ADDR#<16 hex>" (see new_incarnation) */
+    char cand[128];            /* journal_leader_t.id holds 127 bytes */
+
     /* loop only */
+    struct event *lease_ev;    /* steps down when the lease runs out by our clock */
     asg_table_t *table;
     enum role role;
     uint64_t term;
+    uint64_t epoch;            /* +1 at every leadership start and end: work begun
+                                  in one (acquisitions, reconciliation) is stale in
+                                  the next, even in the same term (a resumed lease) */
     pending_t *p_head, *p_tail;
     uint64_t next_seq;
     uint64_t applied;          /* index of the last record in the table */
@@ -180,12 +202,51 @@ static bool stopping(asg_service_t *s)
     return st;
 }
 
-static void set_lease(asg_service_t *s, uint64_t until, const char *leader)
+/* Candidate ids are "ADDR#NONCE": the replica's advertised address plus 16
+ * random hex digits, new for every leadership attempt that follows a
+ * deposition and for every process.  A journal lets a candidate that
+ * already holds a live lease keep its term (journal.h, campaign), so with
+ * the bare address a replica restarted at the same address (kill -9, then
+ * the supervisor) found "itself" in the leader record and resumed the dead
+ * process's term without an election: two leaders, one term.  With a
+ * fresh nonce the journal sees a different candidate, which can only win
+ * once the old lease has expired, with a higher term. */
+#define INCARNATION_LEN 17 /* '#' + 16 hex digits */
+
+static void new_incarnation(asg_service_t *s) /* journal thread (or before it starts) */
+{
+    unsigned char rnd[8];
+    char hex[17];
+    random_bytes(rnd, sizeof rnd);
+    hex_encode(rnd, sizeof rnd, hex);
+    /* asg_service_new checked that the address leaves room for the suffix */
+    snprintf(s->cand, sizeof s->cand, "%.*s#%s", (int)(sizeof s->cand - INCARNATION_LEN - 1), s->addr,
+             hex);
+}
+
+/* Copies a journal leader id without its "#NONCE" suffix: the address
+ * frontends and other replicas can reach. */
+static void strip_incarnation(const char *id, char *out, size_t n)
+{
+    size_t len = strlen(id);
+    const char *hash = strrchr(id, '#');
+    if (hash && (size_t)(id + len - hash) == INCARNATION_LEN &&
+        strspn(hash + 1, "0123456789abcdef") == INCARNATION_LEN - 1)
+        len = (size_t)(hash - id);
+    snprintf(out, n, "%.*s", (int)(len < n ? len : n - 1), id);
+}
+
+/* Publishes what the journal thread knows to the loop: the lease (mono ms,
+ * 0 = none), who leads (a journal id, or NULL: unchanged) and the newest
+ * term seen (0: unchanged). */
+static void set_lease(asg_service_t *s, uint64_t until, const char *leader, uint64_t term)
 {
     pthread_mutex_lock(&s->mu);
     s->lease_until = until;
     if (leader)
-        snprintf(s->leader_id, sizeof s->leader_id, "%.127s", leader);
+        strip_incarnation(leader, s->leader_id, sizeof s->leader_id);
+    if (term > s->journal_term)
+        s->journal_term = term;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -298,10 +359,14 @@ static void *jt_main(void *arg)
                              (unsigned long long)L.term);
                     snprintf(known_leader, sizeof known_leader, "%s", L.id);
                 }
-                set_lease(s, 0, L.id);
-                if (!L.id[0] || now_wall_ms() >= L.lease_expiry_ms || !strcmp(L.id, s->addr)) {
+                set_lease(s, 0, L.id, L.term);
+                /* Only an absent or expired lease is campaigned for, even
+                 * if it carries this replica's address: that is an
+                 * earlier incarnation (or leadership) of it, whose term
+                 * must not be reused (see new_incarnation). */
+                if (!L.id[0] || now_wall_ms() >= L.lease_expiry_ms) {
                     uint64_t t0 = now_mono_ms(), t = 0;
-                    int r = j->ops->campaign(j, s->addr, lease, &t, &err);
+                    int r = j->ops->campaign(j, s->cand, lease, &t, &err);
                     if (r == 1) {
                         int rr = jt_read(s, &next);
                         if (rr != 0) { /* cannot see the whole log: do not lead */
@@ -312,7 +377,10 @@ static void *jt_main(void *arg)
                         term = t;
                         leader = true;
                         next_renew = t0 + lease / 3;
-                        set_lease(s, t0 + lease, s->addr);
+                        pthread_mutex_lock(&s->mu);
+                        s->lapsed_term = 0;
+                        pthread_mutex_unlock(&s->mu);
+                        set_lease(s, t0 + lease, s->cand, term);
                         post_new(s, JE_LEADER, next - 1, term, NULL, 0);
                         log_info(ROLE, "%s: leader, term %llu, log end %llu", s->id,
                                  (unsigned long long)term, (unsigned long long)(next - 1));
@@ -320,6 +388,7 @@ static void *jt_main(void *arg)
                     } else if (r < 0) {
                         log_warn(ROLE, "campaign: %s", err.msg);
                     } else {
+                        set_lease(s, 0, NULL, t);
                         /* past its expiry by our clock but still held: the
                          * journal is about to drop it; poll closely */
                         wait_ms = 20;
@@ -345,7 +414,8 @@ static void *jt_main(void *arg)
 
         /* leader */
         pthread_mutex_lock(&s->mu);
-        while (!s->stop && !s->out_head && !s->snap_data && now_mono_ms() < next_renew) {
+        while (!s->stop && !s->out_head && !s->snap_data && s->lapsed_term != term &&
+               now_mono_ms() < next_renew) {
             uint64_t left = next_renew - now_mono_ms();
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -363,14 +433,42 @@ static void *jt_main(void *arg)
         size_t snap_len = s->snap_len;
         uint64_t snap_upto = s->snap_upto;
         s->snap_data = NULL;
+        /* the loop stepped down on its own lease clock: renew at once */
+        if (s->lapsed_term == term)
+            next_renew = 0;
         pthread_mutex_unlock(&s->mu);
 
         bool deposed = false;
-        while (reqs) {
+        /* Everything queued goes to the journal as one group (one fsync):
+         * decisions made while the last write was in progress share it. */
+        size_t nq = 0, ndone = 0;
+        for (jreq_t *q = reqs; q; q = q->next)
+            nq++;
+        uint64_t *idxs = NULL;
+        if (nq > 1 && j->ops->append_many) {
+            const void **datas = xcalloc(nq, sizeof *datas);
+            size_t *lens = xcalloc(nq, sizeof *lens);
+            idxs = xcalloc(nq, sizeof *idxs);
+            size_t i = 0;
+            for (jreq_t *q = reqs; q; q = q->next, i++) {
+                datas[i] = q->data;
+                lens[i] = q->len;
+            }
+            ndone = j->ops->append_many(j, term, nq, datas, lens, idxs, &err);
+            free(datas);
+            free(lens);
+        }
+        for (size_t qi = 0; reqs; qi++) {
             jreq_t *q = reqs;
             reqs = q->next;
             uint64_t idx = 0;
-            bool ok = !deposed && j->ops->append(j, term, q->data, q->len, &idx, &err) == 0;
+            bool ok;
+            if (idxs) {
+                ok = qi < ndone;
+                idx = ok ? idxs[qi] : 0;
+            } else {
+                ok = !deposed && j->ops->append(j, term, q->data, q->len, &idx, &err) == 0;
+            }
             if (!ok && !deposed) {
                 log_warn(ROLE, "%s: append failed (%s): deposed", s->id, err.msg);
                 deposed = true;
@@ -386,6 +484,7 @@ static void *jt_main(void *arg)
             free(q->data);
             free(q);
         }
+        free(idxs);
         if (snap && !deposed) {
             if (j->ops->snapshot(j, term, snap_upto, snap, snap_len, &err) < 0) {
                 log_warn(ROLE, "snapshot at %llu: %s", (unsigned long long)snap_upto, err.msg);
@@ -396,8 +495,24 @@ static void *jt_main(void *arg)
         if (!deposed && now_mono_ms() >= next_renew) {
             uint64_t t0 = now_mono_ms();
             if (j->ops->renew(j, term, lease, &err) == 0) {
-                set_lease(s, t0 + lease, NULL);
+                set_lease(s, t0 + lease, NULL, 0);
                 next_renew = t0 + lease / 3;
+                /* Renewed, so nobody else has led since (the journal
+                 * fences terms): if the loop had stepped down meanwhile,
+                 * it leads again in the same term, with a fresh lease. */
+                pthread_mutex_lock(&s->mu);
+                if (s->lapsed_term == term && now_mono_ms() < t0 + lease) {
+                    s->lapsed_term = 0;
+                    strip_incarnation(s->cand, s->leader_id, sizeof s->leader_id);
+                    jev_t *ev = xcalloc(1, sizeof *ev);
+                    ev->type = JE_LEADER;
+                    ev->term = term;
+                    ev->ok = true; /* resumed: the loop's table is current */
+                    post(s, ev);
+                    log_info(ROLE, "%s: lease of term %llu renewed after it ran out by our clock: "
+                             "leading again", s->id, (unsigned long long)term);
+                }
+                pthread_mutex_unlock(&s->mu);
             } else {
                 log_warn(ROLE, "%s: renew failed (%s): deposed", s->id, err.msg);
                 deposed = true;
@@ -407,12 +522,14 @@ static void *jt_main(void *arg)
             leader = false;
             pthread_mutex_lock(&s->mu);
             s->lease_until = 0;
+            s->lapsed_term = 0;
             s->leader_id[0] = 0;
             jt_fail_queued(s);
             jev_t *ev = xcalloc(1, sizeof *ev);
             ev->type = JE_FOLLOWER;
             post(s, ev);
             pthread_mutex_unlock(&s->mu);
+            new_incarnation(s); /* the next leadership is a new one, with a new term */
             need_load = true;
         }
     }
@@ -497,18 +614,21 @@ static void counts_clear(asg_service_t *s)
 
 /* Journals rec (stolen) after applying it locally; cb runs from the loop
  * once the append succeeded (ok) or failed/was abandoned (!ok).  When the
- * service is closing cb runs at once with !ok. */
+ * service is closing, or is a follower, nothing is applied and cb runs at
+ * once with !ok: the table of a follower changes only through the journal
+ * (so a leader that resumes its term after a lapse, or a new one, has
+ * exactly the journal's table). */
 static void jwrite(asg_service_t *s, json_t *rec, jdone_fn cb, void *arg)
 {
     err_t err = {0};
-    if (asg_table_apply(s->table, rec, &err) < 0)
-        log_error(ROLE, "own record rejected: %s", err.msg);
     if (s->closing || s->role == R_FOLLOWER) {
         json_decref(rec);
         if (cb)
             cb(s, false, arg);
         return;
     }
+    if (asg_table_apply(s->table, rec, &err) < 0)
+        log_error(ROLE, "own record rejected: %s", err.msg);
     jreq_t *q = xcalloc(1, sizeof *q);
     q->seq = ++s->next_seq;
     q->data = json_dumps(rec, JSON_COMPACT);
@@ -692,16 +812,33 @@ static void placement_failed(asg_service_t *s, const char *error)
     }
 }
 
+/* Tells placement that env_id, for which a pick reserved room on
+ * worker_id, was not created (fire and forget: an unreleased reservation
+ * only lasts until placement's heartbeat timeout). */
+static void placement_unreserve(asg_service_t *s, const char *worker_id, const char *env_id)
+{
+    if (s->closing || !worker_id || !env_id)
+        return;
+    rpc_client_t *pl = placement_client(s);
+    if (!pl)
+        return;
+    json_t *p = json_pack("{s:s,s:s}", "worker_id", worker_id, "env_id", env_id);
+    rpc_call(pl, "placement.env_removed", p, NULL, 0, 5000, fire_and_forget, "placement.env_removed");
+    json_decref(p);
+}
+
 /* -------------------------------------------------------------- acquire */
 
 typedef struct acq {
     asg_service_t *s;
     rpc_call_t *call;
-    uint64_t term;
+    uint64_t epoch;
     json_t *config;
     char *fn, *key, *env_id, *worker_id, *worker_addr;
     int memory_mb, timeout_s;
     bool unreserved, counted, cold;
+    bool placed;    /* placement.pick reserved room for env_id on worker_id */
+    bool created;   /* the worker answered env.create with success */
     /* for a failed create: the reply to send after the remove is journaled */
     char *err_code, *err_msg;
     json_t *err_extra;
@@ -724,14 +861,24 @@ static void acq_free(acq_t *a)
     free(a);
 }
 
-static bool acq_current(acq_t *a) { return a->s->role == R_LEADER && a->s->term == a->term && !a->s->closing; }
+/* Still the leadership the acquisition began in (see epoch). */
+static bool acq_current(acq_t *a)
+{
+    return a->s->role == R_LEADER && a->s->epoch == a->epoch && !a->s->closing;
+}
 
-/* Replies with an error and frees a (the in-flight count is given back). */
+static void placement_unreserve(asg_service_t *s, const char *worker_id, const char *env_id);
+
+/* Replies with an error and frees a (the in-flight count is given back; a
+ * placement reservation for an environment that was not created is
+ * released). */
 static void acq_fail(acq_t *a, const char *code, const char *msg, json_t *extra, const void *body,
                      size_t len)
 {
     if (a->counted)
         count_add(a->s, a->fn, a->unreserved, -1);
+    if (a->placed && !a->created)
+        placement_unreserve(a->s, a->worker_id, a->env_id);
     if (!strcmp(code, "NotLeader"))
         reply_not_leader(a->s, a->call);
     else
@@ -796,10 +943,33 @@ static void on_created(const rpc_result_t *r, void *arg)
     acq_t *a = arg;
     asg_service_t *s = a->s;
     if (!acq_current(a)) {
+        /* Begun in an earlier leadership.  If this replica leads again (a
+         * lease resumed in the same term), the environment is its own:
+         * keep it warm if the table still has it initializing, destroy it
+         * if reconciliation dropped it meanwhile (nobody else can know it). */
+        asg_env_t *e = asg_table_get(s->table, a->env_id);
+        if (!r->error && s->role == R_LEADER && !s->closing) {
+            a->created = true;
+            if (!e) {
+                worker_destroy(s, a->worker_addr, a->env_id);
+                a->created = false;
+            } else if (e->state == ASG_INITIALIZING) {
+                jwrite(s, asg_rec_state(a->env_id, ASG_IDLE), NULL, NULL);
+                if ((e = asg_table_get(s->table, a->env_id)) && e->state == ASG_IDLE)
+                    ka_arm(s, e);
+            }
+        } else if (r->error && s->role == R_LEADER && !s->closing && e &&
+                   e->state == ASG_INITIALIZING) { /* it failed: no entry may stay behind */
+            if (strcmp(r->error, "InitFailed") && strcmp(r->error, "NoCapacity") &&
+                strcmp(r->error, "CreateFailed"))
+                worker_destroy(s, a->worker_addr, a->env_id);
+            jwrite(s, asg_rec_remove(a->env_id), NULL, NULL);
+        }
         acq_fail(a, "NotLeader", "", NULL, NULL, 0);
         return;
     }
     asg_env_t *e = asg_table_get(s->table, a->env_id);
+    a->created = !r->error;
     if (!r->error && e) {
         if (rpc_call_alive(a->call)) {
             e->unreserved = a->unreserved;
@@ -815,6 +985,7 @@ static void on_created(const rpc_result_t *r, void *arg)
         return;
     }
     if (!r->error) { /* removed meanwhile (worker lost): destroy what was made */
+        a->created = false; /* it is going: give placement its room back */
         worker_destroy(s, a->worker_addr, a->env_id);
         acq_fail(a, "CreateFailed", "the environment's worker was lost", NULL, NULL, 0);
         return;
@@ -870,12 +1041,16 @@ static void on_picked(const rpc_result_t *r, void *arg)
 {
     acq_t *a = arg;
     asg_service_t *s = a->s;
+    const char *wid = r->error ? NULL : json_string_value(json_object_get(r->result, "worker_id"));
+    const char *wa = r->error ? NULL : json_string_value(json_object_get(r->result, "address"));
     if (!acq_current(a)) {
+        if (wid) { /* placement reserved room that nobody will use */
+            a->worker_id = xstrdup(wid);
+            a->placed = true;
+        }
         acq_fail(a, "NotLeader", "", NULL, NULL, 0);
         return;
     }
-    const char *wid = r->error ? NULL : json_string_value(json_object_get(r->result, "worker_id"));
-    const char *wa = r->error ? NULL : json_string_value(json_object_get(r->result, "address"));
     if (r->error || !wid || !wa) {
         if (r->error)
             placement_failed(s, r->error);
@@ -884,13 +1059,9 @@ static void on_picked(const rpc_result_t *r, void *arg)
     }
     a->worker_id = xstrdup(wid);
     a->worker_addr = xstrdup(wa);
-    unsigned char rnd[16];
-    char id[33];
-    random_bytes(rnd, sizeof rnd);
-    hex_encode(rnd, sizeof rnd, id);
-    a->env_id = xstrdup(id);
+    a->placed = true;
     a->cold = true;
-    jwrite(s, asg_rec_add(id, wid, wa, a->key, a->fn, a->memory_mb), acq_added_done, a);
+    jwrite(s, asg_rec_add(a->env_id, wid, wa, a->key, a->fn, a->memory_mb), acq_added_done, a);
 }
 
 static void do_acquire(asg_service_t *s, rpc_call_t *call, json_t *params)
@@ -916,7 +1087,7 @@ static void do_acquire(asg_service_t *s, rpc_call_t *call, json_t *params)
     acq_t *a = xcalloc(1, sizeof *a);
     a->s = s;
     a->call = call;
-    a->term = s->term;
+    a->epoch = s->epoch;
     a->config = json_incref(json_object_get(params, "config"));
     a->fn = xstrdup(cfg->name);
     a->key = xstrdup(cfg->config_key);
@@ -937,8 +1108,16 @@ static void do_acquire(asg_service_t *s, rpc_call_t *call, json_t *params)
         jwrite(s, asg_rec_state(e->env_id, ASG_BUSY), acq_busy_done, a);
         return;
     }
+    /* cold: the id is made now so that placement can reserve room for it
+     * (its per-function counts see this environment before any heartbeat) */
+    unsigned char rnd[16];
+    char id[33];
+    random_bytes(rnd, sizeof rnd);
+    hex_encode(rnd, sizeof rnd, id);
+    a->env_id = xstrdup(id);
     rpc_client_t *pl = placement_client(s);
-    json_t *p = json_pack("{s:s,s:i}", "function", a->fn, "memory_mb", a->memory_mb);
+    json_t *p = json_pack("{s:s,s:i,s:s}", "function", a->fn, "memory_mb", a->memory_mb, "env_id",
+                          a->env_id);
     if (!pl || rpc_call(pl, "placement.pick", p, NULL, 0, 5000, on_picked, a) < 0)
         acq_fail(a, "NoCapacity", "no placement service", NULL, NULL, 0);
     json_decref(p);
@@ -1063,7 +1242,7 @@ static void reconcile_finish(asg_service_t *s)
 
 typedef struct rec_ctx {
     asg_service_t *s;
-    uint64_t term;
+    uint64_t epoch;
     char *wid;
 } rec_ctx_t;
 
@@ -1071,7 +1250,7 @@ static void on_env_list(const rpc_result_t *r, void *arg)
 {
     rec_ctx_t *c = arg;
     asg_service_t *s = c->s;
-    if (s->role == R_RECONCILING && s->term == c->term && s->reconcile_seen) {
+    if (s->role == R_RECONCILING && s->epoch == c->epoch && s->reconcile_seen) {
         if (r->error) {
             log_warn(ROLE, "reconcile: env.list on %s: %s: %s", c->wid, r->error, r->message);
         } else {
@@ -1098,9 +1277,9 @@ static void on_workers(const rpc_result_t *r, void *arg)
     rec_ctx_t *c = arg;
     asg_service_t *s = c->s;
     free(c->wid);
-    uint64_t term = c->term;
+    uint64_t epoch = c->epoch;
     free(c);
-    if (s->role != R_RECONCILING || s->term != term)
+    if (s->role != R_RECONCILING || s->epoch != epoch)
         return;
     if (r->error) {
         log_warn(ROLE, "reconcile: placement.workers: %s: %s", r->error, r->message);
@@ -1125,7 +1304,7 @@ static void on_workers(const rpc_result_t *r, void *arg)
             continue;
         rec_ctx_t *rc = xcalloc(1, sizeof *rc);
         rc->s = s;
-        rc->term = term;
+        rc->epoch = epoch;
         rc->wid = xstrdup(id);
         if (rpc_call(wc, "env.list", NULL, NULL, 0, 2000, on_env_list, rc) == 0)
             s->reconcile_pending++;
@@ -1141,10 +1320,11 @@ static void on_workers(const rpc_result_t *r, void *arg)
 static void start_reconcile(asg_service_t *s)
 {
     s->role = R_RECONCILING;
+    s->epoch++;
     rpc_client_t *pl = placement_client(s);
     rec_ctx_t *c = xcalloc(1, sizeof *c);
     c->s = s;
-    c->term = s->term;
+    c->epoch = s->epoch;
     if (!pl || rpc_call(pl, "placement.workers", NULL, NULL, 0, 2000, on_workers, c) < 0) {
         free(c);
         reconcile_finish(s);
@@ -1205,6 +1385,7 @@ static void step_down(asg_service_t *s)
         return;
     log_warn(ROLE, "%s: no longer leader (term %llu)", s->id, (unsigned long long)s->term);
     s->role = R_FOLLOWER;
+    s->epoch++;
     json_decref(s->reconcile_seen);
     json_decref(s->reconcile_known);
     s->reconcile_seen = s->reconcile_known = NULL;
@@ -1212,6 +1393,46 @@ static void step_down(asg_service_t *s)
     counts_clear(s);
     for (asg_env_t *e = asg_table_first(s->table); e; e = e->next)
         ka_disarm(e);
+}
+
+static void lease_check_arm(asg_service_t *s, uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(s->lease_ev, &tv);
+}
+
+/* The lease clock, on the loop: a leader (or reconciling replica) whose
+ * lease has run out by its own clock steps down now, whatever its journal
+ * thread is doing (it may be blocked for many seconds in a renew that
+ * cannot reach the journal): it stops serving and asg.status says
+ * follower.  The journal thread is told (lapsed_term) and renews at once:
+ * if the journal refuses or cannot be reached, the replica is deposed as
+ * usual (FOLLOWER, table rebuilt); if the journal still grants the lease
+ * (nobody else has led: a late renew, etcd extending leases across its own
+ * elections), it posts LEADER again for the same term and the replica
+ * reconciles and serves again.  Re-armed for the current expiry while the
+ * lease is renewed in time. */
+static void on_lease_check(evutil_socket_t fd, short what, void *arg)
+{
+    asg_service_t *s = arg;
+    if (s->role == R_FOLLOWER || s->closing)
+        return;
+    pthread_mutex_lock(&s->mu);
+    uint64_t until = s->lease_until, now = now_mono_ms();
+    bool live = until && now < until;
+    if (!live) {
+        s->lapsed_term = s->term;
+        s->leader_id[0] = 0; /* unknown until the journal thread reads it */
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (live) {
+        lease_check_arm(s, until - now + 1);
+        return;
+    }
+    log_warn(ROLE, "%s: the lease of term %llu ran out by our clock (not renewed in time): "
+             "stepping down", s->id, (unsigned long long)s->term);
+    step_down(s);
 }
 
 static void maybe_snapshot(asg_service_t *s)
@@ -1257,10 +1478,18 @@ static void handle_event(asg_service_t *s, jev_t *ev)
         s->since_snap++;
         break;
     case JE_LEADER:
-        s->term = ev->term;
-        s->applied = ev->index;
-        if (!s->closing)
+        if (ev->ok) { /* resumed after a lapse: same term, table current */
+            if (s->role != R_FOLLOWER || s->term != ev->term || s->closing)
+                break;
+            log_info(ROLE, "%s: leading again in term %llu", s->id, (unsigned long long)s->term);
+        } else {
+            s->term = ev->term;
+            s->applied = ev->index;
+        }
+        if (!s->closing) {
+            lease_check_arm(s, 0); /* checks now, then at each expiry */
             start_reconcile(s);
+        }
         break;
     case JE_FOLLOWER:
         step_down(s);
@@ -1324,9 +1553,14 @@ static void do_status(asg_service_t *s, rpc_call_t *call)
     char leader[128];
     pthread_mutex_lock(&s->mu);
     snprintf(leader, sizeof leader, "%s", s->leader_id);
+    uint64_t seen = s->journal_term;
     pthread_mutex_unlock(&s->mu);
     const char *role = s->role == R_LEADER ? "leader" : s->role == R_RECONCILING ? "reconciling" : "follower";
-    json_t *r = json_pack("{s:s,s:I,s:s,s:o,s:i,s:I}", "role", role, "term", (json_int_t)s->term,
+    /* A leader reports its own term; a follower the newest term it knows
+     * of (the journal's, read with the leader record), not the one it last
+     * led in (or 0). */
+    uint64_t term = s->role != R_FOLLOWER || s->term > seen ? s->term : seen;
+    json_t *r = json_pack("{s:s,s:I,s:s,s:o,s:i,s:I}", "role", role, "term", (json_int_t)term,
                           "leader", leader, "table", asg_table_snapshot(s->table), "in_flight",
                           s->in_flight, "applied", (json_int_t)s->applied);
     rpc_reply(call, r, NULL, 0);
@@ -1419,6 +1653,13 @@ asg_service_t *asg_service_new(struct event_base *base, journal_t *j,
         snprintf(s->addr, sizeof s->addr, "%s", opts->listen);
     }
     snprintf(s->id, sizeof s->id, "%s", opts->id && *opts->id ? opts->id : s->addr);
+    if (strlen(s->addr) + INCARNATION_LEN >= sizeof s->cand) {
+        err_set(err, ENAMETOOLONG, "address %s: at most %zu characters (it is the journal's "
+                "candidate id, with a suffix)", s->addr, sizeof s->cand - 1 - INCARNATION_LEN);
+        goto fail;
+    }
+    new_incarnation(s);
+    s->lease_ev = evtimer_new(base, on_lease_check, s);
     s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (s->efd < 0) {
         err_sys(err, "eventfd");
@@ -1481,6 +1722,8 @@ void asg_service_free(asg_service_t *s)
     json_decref(s->reconcile_known);
     if (s->ev_efd)
         event_free(s->ev_efd);
+    if (s->lease_ev)
+        event_free(s->lease_ev);
     if (s->efd >= 0)
         close(s->efd);
     asg_table_free(s->table);

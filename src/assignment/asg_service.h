@@ -20,7 +20,16 @@
  *    to two requests, on this leader or on the next;
  *  - a failed append or renew deposes the replica at once: it stops
  *    serving, drops its table and rebuilds it from the journal as a
- *    follower. */
+ *    follower;
+ *  - a leader whose lease ran out by its own clock is a follower from that
+ *    moment (asg.status says so), even while its journal call hangs; it
+ *    leads again only if the journal then still grants that same lease
+ *    (nobody else can have led), otherwise through a new election;
+ *  - a term is never used by two leaders: each process and each leadership
+ *    attempt after a deposition campaigns under its own candidate id
+ *    ("ADDR#NONCE"), and only for an absent or expired lease, so a replica
+ *    restarted at its old address cannot resume the dead one's term;
+ *  - asg.status reports, on a follower, the newest term the journal shows. */
 #ifndef FLICKER_ASG_SERVICE_H
 #define FLICKER_ASG_SERVICE_H
 #include <event2/event.h>

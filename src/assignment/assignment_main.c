@@ -25,12 +25,24 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopbreak(arg);
 }
 
-static int usage(void)
+/* Prints the usage to f; returns the exit status that goes with it
+ * (0 for --help on stdout, 2 for a usage error on stderr). */
+static int usage(FILE *f)
 {
-    fprintf(stderr, "usage: flicker serve assignment --listen ADDR --journal SPEC --placement ADDR[,ADDR]\n"
-                    "         [--id ID] [--advertise ADDR] [--lease-ms N] [--keep-alive S]\n"
-                    "         [--account-concurrency N] [--snapshot-every N]\n");
-    return 2;
+    fprintf(f, "usage: flicker serve assignment --listen ADDR --journal SPEC --placement ADDR[,ADDR]\n"
+               "         [--id ID] [--advertise ADDR] [--lease-ms N] [--keep-alive S]\n"
+               "         [--account-concurrency N] [--snapshot-every N]\n"
+               "  --listen ADDR              RPC address, tcp:HOST:PORT or unix:PATH\n"
+               "  --journal SPEC             file:DIR or etcd:URL[,URL...][;prefix=P]\n"
+               "  --placement ADDR[,ADDR]    placement service address(es)\n"
+               "  --id ID                    replica name in logs (default: the address)\n"
+               "  --advertise ADDR           address reported to others as leader\n"
+               "                             (default: --listen with its real port)\n"
+               "  --lease-ms N               leader lease, renewed every third (default 1000)\n"
+               "  --keep-alive S             idle environments live S seconds (default 300)\n"
+               "  --account-concurrency N    account concurrency limit (default 1000)\n"
+               "  --snapshot-every N         journal snapshot every N records (default 1000)\n");
+    return f == stdout ? 0 : 2;
 }
 
 int serve_assignment_main(int argc, char **argv)
@@ -40,8 +52,10 @@ int serve_assignment_main(int argc, char **argv)
     const char *spec = NULL;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(f, "--help") || !strcmp(f, "-h"))
+            return usage(stdout);
         if (!v)
-            return usage();
+            return usage(stderr);
         i++;
         if (!strcmp(f, "--listen"))
             o.listen = v;
@@ -62,10 +76,10 @@ int serve_assignment_main(int argc, char **argv)
         else if (!strcmp(f, "--snapshot-every"))
             o.snapshot_every = atoi(v);
         else
-            return usage();
+            return usage(stderr);
     }
     if (!o.listen || !spec || o.lease_ms <= 0 || o.keep_alive_ms <= 0)
-        return usage();
+        return usage(stderr);
     signal(SIGPIPE, SIG_IGN);
     err_t err = {0};
     journal_t *j = journal_open(spec, &err);

@@ -30,12 +30,17 @@ typedef struct backend_lease {
     env_t *env;            /* local: the environment itself */
     char env_id[40];       /* remote: the environment's id ... */
     char worker[160];      /* ... and its worker's RPC address */
+    int shard;             /* remote: the assignment group that handed it out */
 } backend_lease_t;
 
 /* acquire's outcome: r->status as assignment.h; lease valid when OK. */
 typedef void (*backend_acquired_fn)(const acquire_result_t *r, const backend_lease_t *lease, void *arg);
 /* invoke's outcome; env_dead when the environment did not survive it. */
 typedef void (*backend_done_fn)(const invoke_result_t *r, bool env_dead, void *arg);
+
+/* snapshot's outcome: ok, or why not (message NULL: cancelled because the
+ * platform is stopping; try again later). */
+typedef void (*backend_snapshot_fn)(bool ok, const char *message, void *arg);
 
 typedef struct backend_ops {
     /* Returns a handle for cancel, valid until the callback runs. */
@@ -48,6 +53,11 @@ typedef struct backend_ops {
     /* A function's code/config changed or it was deleted: retire the
      * environments whose configuration is no longer current. */
     void (*function_changed)(backend_t *b, const char *name, store_t *store);
+    /* SnapStart: has a worker boot an environment of cfg, run Init and save
+     * its state to path (worker_snapshot_create).  cb runs exactly once,
+     * never synchronously. */
+    void (*snapshot)(backend_t *b, const fn_config_t *cfg, const char *path,
+                     backend_snapshot_fn cb, void *arg);
     /* Adds "assignment" and "workers" members to the status document. */
     void (*status)(backend_t *b, json_t *status);
     void (*free)(backend_t *b);
@@ -62,9 +72,14 @@ struct backend {
 backend_t *backend_local_new(assignment_t *assignment, placement_t *placement);
 
 /* The distributed backend: assignment replicas at the comma-separated RPC
- * addresses (any order: the leader is found and followed), and placement
- * at placement_address (for status; may be NULL); data_dir (may be NULL)
- * is where `flicker up` lists its role processes (run/roles.json). */
+ * addresses (any order: the leader is found and followed); a table sharded
+ * by function has one such list per shard, separated by ';' (a function's
+ * shard is a hash of its name; the account's unreserved concurrency is
+ * split evenly between shards, reserved concurrency stays exact).
+ * Placement at placement_address (status, SnapStart; may be NULL); data_dir
+ * (may be NULL) is where `flicker up` lists its role processes
+ * (run/roles.json). */
 backend_t *backend_remote_new(struct event_base *base, const char *assignment_addresses,
-                              const char *placement_address, const char *data_dir, err_t *err);
+                              const char *placement_address, const char *data_dir,
+                              int account_concurrency, err_t *err);
 #endif

@@ -1,5 +1,6 @@
 /* backend_local.c - the embedded backend: assignment and worker in this
  * process (see backend.h).  A thin adapter: leases carry the env_t. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include "common/util.h"
@@ -108,6 +109,44 @@ static void local_function_changed(backend_t *b, const char *name, store_t *stor
     assignment_function_changed(lb->assignment, name, still_current, store);
 }
 
+typedef struct local_snap {
+    backend_snapshot_fn cb;
+    void *arg;
+    char *message;
+} local_snap_t;
+
+static void local_snap_done(bool ok, const char *message, void *arg)
+{
+    local_snap_t *ls = arg;
+    ls->cb(ok, message, ls->arg);
+    free(ls->message);
+    free(ls);
+}
+
+static void local_snap_failed(evutil_socket_t fd, short what, void *arg)
+{
+    local_snap_t *ls = arg;
+    local_snap_done(false, ls->message, ls);
+}
+
+static void local_snapshot(backend_t *b, const fn_config_t *cfg, const char *path,
+                           backend_snapshot_fn cb, void *arg)
+{
+    local_backend_t *lb = (local_backend_t *)b;
+    local_snap_t *ls = xcalloc(1, sizeof *ls);
+    ls->cb = cb;
+    ls->arg = arg;
+    worker_t *w = placement_pick(lb->placement, cfg->memory_mb);
+    err_t err = {0};
+    if (!w)
+        err_set(&err, ENOSPC, "no worker has %d MB free", cfg->memory_mb);
+    else if (worker_snapshot_create(w, cfg, path, local_snap_done, ls, &err) == 0)
+        return;
+    ls->message = xstrdup(err.msg);
+    worker_t *any = placement_worker(lb->placement, 0);
+    event_base_once(worker_event_base(any), -1, EV_TIMEOUT, local_snap_failed, ls, NULL);
+}
+
 static void local_status(backend_t *b, json_t *status)
 {
     local_backend_t *lb = (local_backend_t *)b;
@@ -132,6 +171,7 @@ static const backend_ops_t local_ops = {
     .invoke = local_invoke,
     .release = local_release,
     .function_changed = local_function_changed,
+    .snapshot = local_snapshot,
     .status = local_status,
     .free = local_free,
 };

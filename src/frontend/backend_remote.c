@@ -10,6 +10,15 @@
  * address, kept open).  release -> `asg.release` (one-way in spirit: its
  * reply is ignored).
  *
+ * Which replica leads is one shared belief per group (g->leader), moved by NotLeader
+ * hints, by the background asg.status refresh and by transport failures.
+ * A failure only moves it away from the replica that failed: if the
+ * belief already moved elsewhere meanwhile, it is kept.  (Rotating from
+ * wherever it stood sent acquires back to a dead replica over and over: the
+ * refresh pointed at the new leader, the failed acquire rotated past it,
+ * and each attempt on the dead replica waited out a reconnect backoff, so
+ * an invoke could fail after 10 s although a leader had been serving.)
+ *
  * Invariants: each acquire's callback runs exactly once unless cancelled; a
  * cancelled acquire that still gets an environment gives it back; a
  * worker lost mid-invocation answers a retryable system error, never a
@@ -33,17 +42,27 @@ typedef struct worker_client {
     struct worker_client *next;
 } worker_client_t;
 
-typedef struct remote_backend {
-    backend_t base;
-    struct event_base *ev;
+/* One assignment group: the replicas of one shard of the table (one
+ * leader, its followers, their own journal). */
+typedef struct asg_group {
     char **replicas;
     rpc_client_t **asg;
     int n_replicas;
     int leader;                 /* index of the replica believed to lead */
+    int status_asked;           /* replica the outstanding asg.status went to, -1: none */
+    json_t *status;             /* last asg.status of this group */
+} asg_group_t;
+
+typedef struct remote_backend {
+    backend_t base;
+    struct event_base *ev;
+    asg_group_t *groups;        /* the table's shards: a function's environments
+                                   live in groups[shard_of(name)] */
+    int n_groups;
+    int account_concurrency;
     char *placement_address;
     rpc_client_t *placement;
     worker_client_t *workers;
-    json_t *asg_status;         /* last asg.status, refreshed in the background */
     json_t *fleet_status;       /* last placement.status */
     struct event *status_timer;
     struct pending_acquire *pending; /* every acquire not yet finished */
@@ -52,12 +71,14 @@ typedef struct remote_backend {
 
 typedef struct pending_acquire {
     remote_backend_t *rb;
+    asg_group_t *g;
     backend_acquired_fn cb;
     void *arg;
     json_t *params;
     uint64_t give_up_ms;
     bool cancelled;
     bool in_flight;             /* an RPC is outstanding (else a retry timer) */
+    int sent_to;                /* replica the outstanding asg.acquire went to */
     struct event *retry;
     struct pending_acquire *next, *prev;
 } pending_acquire_t;
@@ -68,6 +89,36 @@ typedef struct pending_invoke {
 } pending_invoke_t;
 
 static void send_acquire(pending_acquire_t *p);
+
+/* Which group holds a function's environments: FNV-1a of its name with a
+ * final avalanche (FNV's low bits alone follow the characters' parity). */
+static int shard_of(const remote_backend_t *rb, const char *function)
+{
+    uint32_t h = 2166136261u;
+    for (const char *c = function; *c; c++)
+        h = (h ^ (unsigned char)*c) * 16777619u;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return (int)(h % (uint32_t)rb->n_groups);
+}
+
+/* The account's unreserved concurrency is split evenly over the groups
+ * (reserved concurrency is exact: a function lives in one group).  Each
+ * group's leader computes unreserved = account - total_reserved, so it is
+ * told the total that leaves it its share. */
+static int group_total_reserved(const remote_backend_t *rb, int shard, int total_reserved)
+{
+    if (rb->n_groups == 1)
+        return total_reserved;
+    int pool = rb->account_concurrency - total_reserved;
+    if (pool < 0)
+        pool = 0;
+    int share = pool / rb->n_groups + (shard < pool % rb->n_groups ? 1 : 0);
+    return rb->account_concurrency - share;
+}
 
 static rpc_client_t *worker_client(remote_backend_t *rb, const char *address)
 {
@@ -89,6 +140,14 @@ static rpc_client_t *worker_client(remote_backend_t *rb, const char *address)
 }
 
 /* ------------------------------------------------------------- acquire */
+
+/* Replica `failed` did not answer: believe the next one leads, unless the
+ * belief has already moved away from `failed` (then it is newer news). */
+static void replica_failed(asg_group_t *g, int failed)
+{
+    if (g->leader == failed)
+        g->leader = (failed + 1) % g->n_replicas;
+}
 
 static void acquire_free(pending_acquire_t *p)
 {
@@ -114,25 +173,25 @@ static void retry_later(pending_acquire_t *p, int delay_ms)
     evtimer_add(p->retry, &tv);
 }
 
-static void release_now(remote_backend_t *rb, const char *env_id, bool dead);
+static void release_now(asg_group_t *g, const char *env_id, bool dead);
 
 static void deliver(pending_acquire_t *p, const acquire_result_t *r, const backend_lease_t *lease)
 {
     backend_acquired_fn cb = p->cb;
     void *arg = p->arg;
     bool cancelled = p->cancelled;
-    remote_backend_t *rb = p->rb;
+    asg_group_t *g = p->g;
     acquire_free(p);
     if (!cancelled)
         cb(r, lease, arg);
     else if (lease) /* nobody wants it any more: back to idle */
-        release_now(rb, lease->env_id, false);
+        release_now(g, lease->env_id, false);
 }
 
-static int replica_index(remote_backend_t *rb, const char *address)
+static int replica_index(const asg_group_t *g, const char *address)
 {
-    for (int i = 0; address && i < rb->n_replicas; i++)
-        if (!strcmp(rb->replicas[i], address))
+    for (int i = 0; address && i < g->n_replicas; i++)
+        if (!strcmp(g->replicas[i], address))
             return i;
     return -1;
 }
@@ -140,7 +199,7 @@ static int replica_index(remote_backend_t *rb, const char *address)
 static void on_acquire_reply(const rpc_result_t *res, void *arg)
 {
     pending_acquire_t *p = arg;
-    remote_backend_t *rb = p->rb;
+    asg_group_t *g = p->g;
     p->in_flight = false;
     /* Cancelled by rpc_client_free: the backend is going away with the
      * frontend, which frees its own records; nobody is called back. */
@@ -154,6 +213,7 @@ static void on_acquire_reply(const rpc_result_t *res, void *arg)
                  json_string_value(json_object_get(res->result, "env_id")) ?: "");
         snprintf(lease.worker, sizeof lease.worker, "%s",
                  json_string_value(json_object_get(res->result, "worker_address")) ?: "");
+        lease.shard = (int)(g - p->rb->groups);
         acquire_result_t r = {.status = ACQUIRE_OK,
                               .cold = json_is_true(json_object_get(res->result, "cold"))};
         deliver(p, &r, &lease);
@@ -173,13 +233,16 @@ static void on_acquire_reply(const rpc_result_t *res, void *arg)
         const char *hint = res->detail
                                ? json_string_value(json_object_get(res->detail, "leader"))
                                : NULL;
-        int i = replica_index(rb, hint);
-        if (!transport && i >= 0 && i != rb->leader) {
-            rb->leader = i; /* follow the hint right away */
+        int i = replica_index(g, hint);
+        if (!transport && i >= 0 && i != g->leader) {
+            g->leader = i; /* follow the hint right away */
             send_acquire(p);
             return;
         }
-        rb->leader = (rb->leader + 1) % rb->n_replicas;
+        if (transport)
+            replica_failed(g, p->sent_to);
+        else if (g->leader == p->sent_to) /* a follower that knows no leader */
+            g->leader = (p->sent_to + 1) % g->n_replicas;
         retry_later(p, RETRY_DELAY_MS);
         return;
     }
@@ -219,13 +282,14 @@ static void on_acquire_reply(const rpc_result_t *res, void *arg)
 
 static void send_acquire(pending_acquire_t *p)
 {
-    remote_backend_t *rb = p->rb;
+    asg_group_t *g = p->g;
     if (p->cancelled) {
         acquire_free(p);
         return;
     }
     p->in_flight = true;
-    rpc_call(rb->asg[rb->leader], "asg.acquire", p->params, NULL, 0, ACQUIRE_TIMEOUT_MS,
+    p->sent_to = g->leader;
+    rpc_call(g->asg[g->leader], "asg.acquire", p->params, NULL, 0, ACQUIRE_TIMEOUT_MS,
              on_acquire_reply, p);
 }
 
@@ -234,11 +298,13 @@ static void *remote_acquire(backend_t *b, const fn_config_t *cfg, int total_rese
 {
     remote_backend_t *rb = (remote_backend_t *)b;
     pending_acquire_t *p = xcalloc(1, sizeof *p);
+    int shard = shard_of(rb, cfg->name);
     p->rb = rb;
+    p->g = &rb->groups[shard];
     p->cb = cb;
     p->arg = arg;
     p->params = json_pack("{s:o,s:i}", "config", fn_config_to_json(cfg), "total_reserved",
-                          total_reserved);
+                          group_total_reserved(rb, shard, total_reserved));
     p->give_up_ms = now_mono_ms() + ACQUIRE_GIVE_UP_MS;
     p->next = rb->pending;
     if (rb->pending)
@@ -322,16 +388,18 @@ static void remote_invoke(backend_t *b, const backend_lease_t *lease, const fn_c
 
 static void ignore_reply(const rpc_result_t *res, void *arg) {}
 
-static void release_now(remote_backend_t *rb, const char *env_id, bool dead)
+static void release_now(asg_group_t *g, const char *env_id, bool dead)
 {
     json_t *params = json_pack("{s:s,s:b}", "env_id", env_id, "dead", dead);
-    rpc_call(rb->asg[rb->leader], "asg.release", params, NULL, 0, 10000, ignore_reply, NULL);
+    rpc_call(g->asg[g->leader], "asg.release", params, NULL, 0, 10000, ignore_reply, NULL);
     json_decref(params);
 }
 
 static void remote_release(backend_t *b, const backend_lease_t *lease, bool dead)
 {
-    release_now((remote_backend_t *)b, lease->env_id, dead);
+    remote_backend_t *rb = (remote_backend_t *)b;
+    int shard = lease->shard >= 0 && lease->shard < rb->n_groups ? lease->shard : 0;
+    release_now(&rb->groups[shard], lease->env_id, dead);
 }
 
 static void remote_function_changed(backend_t *b, const char *name, store_t *store)
@@ -355,7 +423,83 @@ static void remote_function_changed(backend_t *b, const char *name, store_t *sto
     }
     json_decref(versions);
     json_t *params = json_pack("{s:s,s:o}", "function", name, "keep_keys", keep);
-    rpc_call(rb->asg[rb->leader], "asg.retire", params, NULL, 0, 10000, ignore_reply, NULL);
+    asg_group_t *g = &rb->groups[shard_of(rb, name)];
+    rpc_call(g->asg[g->leader], "asg.retire", params, NULL, 0, 10000, ignore_reply, NULL);
+    json_decref(params);
+}
+
+/* ------------------------------------------------------------ snapshots */
+
+/* placement.pick for the function, then env.snapshot on that worker. */
+typedef struct remote_snap {
+    remote_backend_t *rb;
+    backend_snapshot_fn cb;
+    void *arg;
+    json_t *config;
+    char *path;
+    char *message;
+} remote_snap_t;
+
+#define SNAPSHOT_TIMEOUT_MS 180000 /* boot + Init + save, under emulation */
+
+static void snap_finish(remote_snap_t *rs, bool ok, const char *message)
+{
+    rs->cb(ok, message, rs->arg);
+    json_decref(rs->config);
+    free(rs->path);
+    free(rs->message);
+    free(rs);
+}
+
+static void snap_failed_later(evutil_socket_t fd, short what, void *arg)
+{
+    remote_snap_t *rs = arg;
+    snap_finish(rs, false, rs->message);
+}
+
+static void on_snapshot_done(const rpc_result_t *res, void *arg)
+{
+    remote_snap_t *rs = arg;
+    if (res->error && !strcmp(res->error, RPC_CANCELLED))
+        snap_finish(rs, false, NULL);
+    else if (res->error)
+        snap_finish(rs, false, res->message ? res->message : res->error);
+    else
+        snap_finish(rs, true, NULL);
+}
+
+static void on_snapshot_picked(const rpc_result_t *res, void *arg)
+{
+    remote_snap_t *rs = arg;
+    if (res->error) {
+        snap_finish(rs, false, strcmp(res->error, RPC_CANCELLED) ? (res->message ? res->message : res->error)
+                                                                  : NULL);
+        return;
+    }
+    const char *address = json_string_value(json_object_get(res->result, "address"));
+    rpc_client_t *c = address ? worker_client(rs->rb, address) : NULL;
+    json_t *params = json_pack("{s:O,s:s}", "config", rs->config, "path", rs->path);
+    if (!c || rpc_call(c, "env.snapshot", params, NULL, 0, SNAPSHOT_TIMEOUT_MS, on_snapshot_done, rs) < 0)
+        snap_finish(rs, false, "the worker placement chose is unreachable");
+    json_decref(params);
+}
+
+static void remote_snapshot(backend_t *b, const fn_config_t *cfg, const char *path,
+                            backend_snapshot_fn cb, void *arg)
+{
+    remote_backend_t *rb = (remote_backend_t *)b;
+    remote_snap_t *rs = xcalloc(1, sizeof *rs);
+    rs->rb = rb;
+    rs->cb = cb;
+    rs->arg = arg;
+    rs->config = fn_config_to_json(cfg);
+    rs->path = xstrdup(path);
+    json_t *params = json_pack("{s:s,s:i}", "function", cfg->name, "memory_mb", cfg->memory_mb);
+    if (!rb->placement ||
+        rpc_call(rb->placement, "placement.pick", params, NULL, 0, 5000, on_snapshot_picked, rs) < 0) {
+        rs->message = xstrdup("no placement service to pick a worker");
+        event_base_once(rb->ev, -1, EV_TIMEOUT, snap_failed_later, rs, NULL);
+    }
     json_decref(params);
 }
 
@@ -363,20 +507,22 @@ static void remote_function_changed(backend_t *b, const char *name, store_t *sto
 
 static void on_asg_status(const rpc_result_t *res, void *arg)
 {
-    remote_backend_t *rb = arg;
+    asg_group_t *g = arg;
+    int asked = g->status_asked;
+    g->status_asked = -1;
     if (res->error) {
         if (strcmp(res->error, RPC_CANCELLED) != 0) /* unreachable: try another next time */
-            rb->leader = (rb->leader + 1) % rb->n_replicas;
+            replica_failed(g, asked);
         return;
     }
     /* A follower says who leads: ask (and send acquires to) that one. */
     const char *role = json_string_value(json_object_get(res->result, "role"));
-    int i = replica_index(rb, json_string_value(json_object_get(res->result, "leader")));
+    int i = replica_index(g, json_string_value(json_object_get(res->result, "leader")));
     if (role && strcmp(role, "leader") != 0 && i >= 0)
-        rb->leader = i;
-    json_decref(rb->asg_status);
-    rb->asg_status = json_deep_copy(res->result);
-    json_object_del(rb->asg_status, "id");
+        g->leader = i;
+    json_decref(g->status);
+    g->status = json_deep_copy(res->result);
+    json_object_del(g->status, "id");
 }
 
 static void on_fleet_status(const rpc_result_t *res, void *arg)
@@ -392,23 +538,41 @@ static void on_fleet_status(const rpc_result_t *res, void *arg)
 static void on_status_timer(evutil_socket_t fd, short what, void *arg)
 {
     remote_backend_t *rb = arg;
-    rpc_call(rb->asg[rb->leader], "asg.status", NULL, NULL, 0, 2000, on_asg_status, rb);
+    for (int k = 0; k < rb->n_groups; k++) {
+        asg_group_t *g = &rb->groups[k];
+        if (g->status_asked >= 0) /* one at a time: its answer is about that replica */
+            continue;
+        g->status_asked = g->leader;
+        rpc_call(g->asg[g->leader], "asg.status", NULL, NULL, 0, 2000, on_asg_status, g);
+    }
     if (rb->placement)
         rpc_call(rb->placement, "placement.status", NULL, NULL, 0, 2000, on_fleet_status, rb);
     struct timeval tv = {.tv_sec = STATUS_REFRESH_MS / 1000, .tv_usec = (STATUS_REFRESH_MS % 1000) * 1000};
     evtimer_add(rb->status_timer, &tv);
 }
 
+static json_t *group_status(const asg_group_t *g, int shard)
+{
+    json_t *replicas = json_array();
+    for (int i = 0; i < g->n_replicas; i++)
+        json_array_append_new(replicas, json_string(g->replicas[i]));
+    json_t *asg = g->status ? json_deep_copy(g->status) : json_object();
+    json_object_set_new(asg, "replicas", replicas);
+    json_object_set_new(asg, "believed_leader", json_string(g->replicas[g->leader]));
+    json_object_set_new(asg, "shard", json_integer(shard));
+    return asg;
+}
+
 static void remote_status(backend_t *b, json_t *status)
 {
     remote_backend_t *rb = (remote_backend_t *)b;
-    json_t *replicas = json_array();
-    for (int i = 0; i < rb->n_replicas; i++)
-        json_array_append_new(replicas, json_string(rb->replicas[i]));
-    json_t *asg = rb->asg_status ? json_deep_copy(rb->asg_status) : json_object();
-    json_object_set_new(asg, "replicas", replicas);
-    json_object_set_new(asg, "believed_leader", json_string(rb->replicas[rb->leader]));
-    json_object_set_new(status, "assignment", asg);
+    /* "assignment" is shard 0 (the only one unless the table is sharded);
+     * "assignment_shards" lists every shard. */
+    json_object_set_new(status, "assignment", group_status(&rb->groups[0], 0));
+    json_t *shards = json_array();
+    for (int k = 0; k < rb->n_groups; k++)
+        json_array_append_new(shards, group_status(&rb->groups[k], k));
+    json_object_set_new(status, "assignment_shards", shards);
     json_object_set_new(status, "placement",
                         rb->fleet_status ? json_deep_copy(rb->fleet_status) : json_object());
     /* The supervisor's view of the role processes (flicker up), if any. */
@@ -425,12 +589,17 @@ static void remote_status(backend_t *b, json_t *status)
 static void remote_free(backend_t *b)
 {
     remote_backend_t *rb = (remote_backend_t *)b;
-    for (int i = 0; i < rb->n_replicas; i++) {
-        rpc_client_free(rb->asg[i]);
-        free(rb->replicas[i]);
+    for (int k = 0; k < rb->n_groups; k++) {
+        asg_group_t *g = &rb->groups[k];
+        for (int i = 0; i < g->n_replicas; i++) {
+            rpc_client_free(g->asg[i]);
+            free(g->replicas[i]);
+        }
+        free(g->asg);
+        free(g->replicas);
+        json_decref(g->status);
     }
-    free(rb->asg);
-    free(rb->replicas);
+    free(rb->groups);
     while (rb->workers) {
         worker_client_t *w = rb->workers;
         rb->workers = w->next;
@@ -446,7 +615,6 @@ static void remote_free(backend_t *b)
     free(rb->roles_path);
     if (rb->status_timer)
         event_free(rb->status_timer);
-    json_decref(rb->asg_status);
     json_decref(rb->fleet_status);
     free(rb);
 }
@@ -457,32 +625,48 @@ static const backend_ops_t remote_ops = {
     .invoke = remote_invoke,
     .release = remote_release,
     .function_changed = remote_function_changed,
+    .snapshot = remote_snapshot,
     .status = remote_status,
     .free = remote_free,
 };
 
 backend_t *backend_remote_new(struct event_base *base, const char *assignment_addresses,
-                              const char *placement_address, const char *data_dir, err_t *err)
+                              const char *placement_address, const char *data_dir,
+                              int account_concurrency, err_t *err)
 {
     remote_backend_t *rb = xcalloc(1, sizeof *rb);
     if (data_dir)
         rb->roles_path = xasprintf("%s/run/roles.json", data_dir);
     rb->base.ops = &remote_ops;
     rb->ev = base;
+    rb->account_concurrency = account_concurrency > 0 ? account_concurrency : 1000;
+    /* "a1,a2,a3;b1,b2,b3": groups (shards) separated by ';' */
     char *list = xstrdup(assignment_addresses);
-    for (char *save = NULL, *a = strtok_r(list, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
-        rb->replicas = xrealloc(rb->replicas, (size_t)(rb->n_replicas + 1) * sizeof *rb->replicas);
-        rb->asg = xrealloc(rb->asg, (size_t)(rb->n_replicas + 1) * sizeof *rb->asg);
-        rb->asg[rb->n_replicas] = rpc_client_new(base, a, NULL, err);
-        if (!rb->asg[rb->n_replicas]) {
+    for (char *gs = NULL, *grp = strtok_r(list, ";", &gs); grp; grp = strtok_r(NULL, ";", &gs)) {
+        rb->groups = xrealloc(rb->groups, (size_t)(rb->n_groups + 1) * sizeof *rb->groups);
+        asg_group_t *g = &rb->groups[rb->n_groups++];
+        memset(g, 0, sizeof *g);
+        g->status_asked = -1;
+        for (char *save = NULL, *a = strtok_r(grp, ",", &save); a; a = strtok_r(NULL, ",", &save)) {
+            g->replicas = xrealloc(g->replicas, (size_t)(g->n_replicas + 1) * sizeof *g->replicas);
+            g->asg = xrealloc(g->asg, (size_t)(g->n_replicas + 1) * sizeof *g->asg);
+            g->asg[g->n_replicas] = rpc_client_new(base, a, NULL, err);
+            if (!g->asg[g->n_replicas]) {
+                free(list);
+                remote_free(&rb->base);
+                return NULL;
+            }
+            g->replicas[g->n_replicas++] = xstrdup(a);
+        }
+        if (g->n_replicas == 0) {
             free(list);
+            err_set(err, EINVAL, "assignment shard %d has no replica address", rb->n_groups);
             remote_free(&rb->base);
             return NULL;
         }
-        rb->replicas[rb->n_replicas++] = xstrdup(a);
     }
     free(list);
-    if (rb->n_replicas == 0) {
+    if (rb->n_groups == 0) {
         err_set(err, EINVAL, "no assignment replica address given");
         remote_free(&rb->base);
         return NULL;

@@ -85,6 +85,9 @@ typedef struct ctx {
     /* collected ValidationException messages */
     int nverr;
     char verr[2048];
+    /* a SnapStart version published by this request (snapshot to make) */
+    char snap_name[65];
+    long snap_version;
 } ctx_t;
 
 static int in_list(const char *v, const char *const *list, size_t n)
@@ -805,10 +808,26 @@ static json_t *publish(ctx_t *c, const char *name, json_t *latest, const char *d
     json_object_set_new(ver, "_SourceRevision", json_string(jstr(latest, "RevisionId")));
     if (description)
         json_object_set_new(ver, "Description", json_string(description));
+    /* SnapStart: on microVMs the version is Pending until a worker has run
+     * Init and saved the snapshot (the frontend's job, on_snapshot); a
+     * sandbox cannot be snapshotted, so there the version stays unoptimized. */
     const char *apply = jstr(json_object_get(ver, "SnapStart"), "ApplyOn");
-    if (apply && !strcmp(apply, "PublishedVersions"))
+    const char *iso = jstr(latest, "_Isolation");
+    if (!iso)
+        iso = c->cfg->isolation ? c->cfg->isolation : "sandbox";
+    if (apply && !strcmp(apply, "PublishedVersions")) {
         json_object_set_new(ver, "SnapStart", json_pack("{s:s, s:s}", "ApplyOn", apply,
-                                                         "OptimizationStatus", "On"));
+                                                         "OptimizationStatus", "Off"));
+        if (!strcmp(iso, "microvm")) {
+            json_object_set_new(ver, "State", json_string("Pending"));
+            json_object_set_new(ver, "StateReason",
+                                json_string("Flicker is creating a SnapStart snapshot of this version."));
+            json_object_set_new(ver, "StateReasonCode", json_string("Creating"));
+            json_object_set_new(ver, "_SnapshotPending", json_true());
+            snprintf(c->snap_name, sizeof c->snap_name, "%s", name);
+            c->snap_version = n;
+        }
+    }
     touch(ver);
     if (store_version_insert(c->s, name, n, ver, &e) < 0) {
         json_decref(ver);
@@ -820,7 +839,10 @@ static json_t *publish(ctx_t *c, const char *name, json_t *latest, const char *d
 
 /* ---- tags ---- */
 
-static int check_tags(ctx_t *c, json_t *tags, json_t *existing)
+/* The tag that chooses a function's isolation backend (docs/api.md). */
+#define ISOLATION_TAG "flicker:isolation"
+
+static int check_tags(ctx_t *c, json_t *tags, json_t *existing, int creating)
 {
     const char *k;
     json_t *v;
@@ -829,6 +851,14 @@ static int check_tags(ctx_t *c, json_t *tags, json_t *existing)
     {
         if (!json_is_string(v))
             return bad_content(c, "Tag values must be strings");
+        if (!strcmp(k, ISOLATION_TAG)) {
+            const char *iso = json_string_value(v);
+            if (!creating)
+                return invalid(c, "The tag " ISOLATION_TAG " can only be set by CreateFunction.");
+            if (strcmp(iso, "sandbox") && strcmp(iso, "microvm"))
+                return invalid(c, "The tag " ISOLATION_TAG " must be sandbox or microvm, not "
+                                  "%.100s.", iso);
+        }
         if (!*k || strlen(k) > 128 || strlen(json_string_value(v)) > 256)
             return invalid(c, "Tag keys must be 1-128 characters and values 0-256 characters.");
         if (!strncmp(k, "aws:", 4))
@@ -905,8 +935,10 @@ static void op_create_function(ctx_t *c)
     free(lg);
     if (apply_config(c, cfg, c->body, 1) < 0)
         goto out_cfg;
-    if (tags && check_tags(c, tags, NULL) < 0)
+    if (tags && check_tags(c, tags, NULL, 1) < 0)
         goto out_cfg;
+    if (tags && json_is_string(json_object_get(tags, ISOLATION_TAG)))
+        json_object_set(cfg, "_Isolation", json_object_get(tags, ISOLATION_TAG));
     json_t *existing = store_fn_get(c->s, name);
     if (existing) {
         json_decref(existing);
@@ -1758,7 +1790,7 @@ static void op_tags(ctx_t *c, const char *ref, const char *method)
             verr_flush(c);
             goto out;
         }
-        if (check_tags(c, add, tags) < 0)
+        if (check_tags(c, add, tags, 0) < 0)
             goto out;
         json_object_update(tags, add);
     } else {
@@ -1771,6 +1803,15 @@ static void op_tags(ctx_t *c, const char *ref, const char *method)
         }
         size_t i;
         json_t *k;
+        json_array_foreach(keys, i, k)
+        {
+            if (json_is_string(k) && !strcmp(json_string_value(k), ISOLATION_TAG) &&
+                json_object_get(tags, ISOLATION_TAG)) {
+                invalid(c, "The tag " ISOLATION_TAG " cannot be removed: it was set when the "
+                           "function was created.");
+                goto out;
+            }
+        }
         json_array_foreach(keys, i, k) json_object_del(tags, json_string_value(k));
     }
     if (store_tags_set(c->s, name, tags, &e) < 0) {
@@ -2093,6 +2134,8 @@ int control_handle(store_t *store, const control_config_t *cfg, const api_reques
 done:
     if (!resp->status)
         api_error(resp, 500, "ServiceException", "Internal error: no response");
+    if (c->snap_version > 0 && resp->status < 300 && cfg->on_snapshot)
+        cfg->on_snapshot(c->snap_name, c->snap_version, cfg->on_change_arg);
     json_decref(c->body);
     json_decref(c->query);
     free(copy);

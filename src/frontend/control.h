@@ -40,7 +40,11 @@ typedef struct control_config {
     const char *account_id;       /* 12 digits */
     int account_concurrency;      /* account limit, default 1000 */
     control_changed_fn on_change; /* may be NULL */
-    void *on_change_arg;
+    void *on_change_arg;          /* also given to on_snapshot */
+    const char *isolation;        /* the platform's default isolation (NULL: sandbox) */
+    /* Called after a request published a SnapStart version whose snapshot
+     * must now be made (the version is stored Pending); may be NULL. */
+    void (*on_snapshot)(const char *function_name, long version, void *arg);
 } control_config_t;
 
 /* Handles one control-plane request.  Always fills *resp (including 404

@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <time.h>
+#include <unistd.h>
 #include "common/log.h"
 #include "common/sigv4.h"
 #include "common/util.h"
@@ -346,6 +348,15 @@ static void invoke_start(frontend_t *fe, struct evhttp_request *req, const char 
             send_error(req, 400, "InvalidParameterValueException", NULL, "%s", err.msg);
         return;
     }
+    if (cfg->snap_pending) {
+        free(client_context);
+        free(qualifier_given);
+        fn_config_free(cfg);
+        send_error(req, 409, "SnapStartNotReadyException", NULL,
+                   "Lambda is initializing your function. You can invoke the function when the "
+                   "state of your function is Active.");
+        return;
+    }
     if (!strcmp(type, "DryRun")) {
         free(client_context);
         free(qualifier_given);
@@ -552,6 +563,11 @@ static void on_async_timer(evutil_socket_t fd, short what, void *arg)
             invocation_free(inv);
             continue;
         }
+        if (inv->cfg->snap_pending) { /* its snapshot is being made: later */
+            async_outcome(inv, ASYNC_THROTTLED, NULL);
+            invocation_free(inv);
+            continue;
+        }
         inv->payload = xmalloc(evs[i].payload_len + 1);
         memcpy(inv->payload, evs[i].payload, evs[i].payload_len);
         inv->payload_len = evs[i].payload_len;
@@ -734,10 +750,135 @@ static bool authenticate(frontend_t *fe, struct evhttp_request *req, const char 
     return false;
 }
 
+/* DATA/snapshots/NAME/: one file per published version, named by version
+ * and RevisionId (a version never changes; the name only guards against a
+ * number reused after the function was deleted and created again). */
+static char *snapshot_dir(frontend_t *fe, const char *name)
+{
+    return xasprintf("%s/snapshots/%s", fe->cfg.data_dir, name);
+}
+
+/* Removes snapshot files of versions that no longer exist. */
+static void prune_snapshots(frontend_t *fe, const char *name)
+{
+    char *dir = snapshot_dir(fe, name);
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            long v = 0;
+            char rev[64] = "";
+            if (sscanf(de->d_name, "v%ld-%63[^.].vmstate", &v, rev) != 2)
+                continue;
+            json_t *ver = store_version_get(fe->store, name, v);
+            const char *live = ver ? json_string_value(json_object_get(ver, "RevisionId")) : NULL;
+            if (!live || strcmp(live, rev)) {
+                char *path = xasprintf("%s/%s", dir, de->d_name);
+                unlink(path);
+                free(path);
+            }
+            json_decref(ver);
+        }
+        closedir(d);
+        rmdir(dir); /* only when empty */
+    }
+    free(dir);
+}
+
 static void on_function_changed(const char *name, void *arg)
 {
     frontend_t *fe = arg;
     fe->backend->ops->function_changed(fe->backend, name, fe->store);
+    prune_snapshots(fe, name);
+}
+
+typedef struct snap_job {
+    frontend_t *fe;
+    char *name;
+    long version;
+    char *path;
+    uint64_t started_ms;
+} snap_job_t;
+
+static void on_snapshot_done(bool ok, const char *message, void *arg)
+{
+    snap_job_t *job = arg;
+    frontend_t *fe = job->fe;
+    json_t *ver = store_version_get(fe->store, job->name, job->version);
+    const char *rev = ver ? json_string_value(json_object_get(ver, "RevisionId")) : NULL;
+    if (!message && !ok) {
+        /* cancelled (stopping): stays Pending, made again at the next start */
+        log_info("frontend", "SnapStart %s:%ld: interrupted; resumed at the next start",
+                 job->name, job->version);
+    } else if (!ver || !rev || !strstr(job->path, rev)) {
+        unlink(job->path); /* the version went away meanwhile */
+    } else {
+        json_t *snap = json_object_get(ver, "SnapStart");
+        json_object_set_new(snap, "OptimizationStatus", json_string(ok ? "On" : "Off"));
+        json_object_set_new(ver, "State", json_string("Active"));
+        json_object_del(ver, "StateReason");
+        json_object_del(ver, "StateReasonCode");
+        json_object_del(ver, "_SnapshotPending");
+        if (ok)
+            json_object_set_new(ver, "_Snapshot", json_string(job->path));
+        else
+            log_warn("frontend", "SnapStart %s:%ld: no snapshot (%s); cold starts run Init",
+                     job->name, job->version, message);
+        err_t err = {0};
+        if (store_version_update(fe->store, job->name, job->version, ver, &err) < 0)
+            log_error("frontend", "SnapStart %s:%ld: %s", job->name, job->version, err.msg);
+        else if (ok)
+            log_info("frontend", "SnapStart %s:%ld: snapshot ready after %llu ms", job->name,
+                     job->version, (unsigned long long)(now_mono_ms() - job->started_ms));
+    }
+    json_decref(ver);
+    free(job->name);
+    free(job->path);
+    free(job);
+}
+
+/* Makes the snapshot of a Pending SnapStart version (control.c published
+ * it); when done the version becomes Active with OptimizationStatus On
+ * (or Off, with the reason logged, when Init or the save failed). */
+static void on_snapshot(const char *name, long version, void *arg)
+{
+    frontend_t *fe = arg;
+    char q[24];
+    snprintf(q, sizeof q, "%ld", version);
+    fn_config_t *cfg = NULL;
+    if (store_resolve(fe->store, name, q, &cfg, NULL) < 0)
+        return;
+    snap_job_t *job = xcalloc(1, sizeof *job);
+    job->fe = fe;
+    job->name = xstrdup(name);
+    job->version = version;
+    char *dir = snapshot_dir(fe, name);
+    job->path = xasprintf("%s/v%ld-%s.vmstate", dir, version, cfg->revision_id);
+    free(dir);
+    job->started_ms = now_mono_ms();
+    fe->backend->ops->snapshot(fe->backend, cfg, job->path, on_snapshot_done, job);
+    fn_config_free(cfg);
+}
+
+/* At start: versions left Pending by a stop or crash get their snapshot. */
+static void resume_snapshots(frontend_t *fe)
+{
+    json_t *fns = store_fn_list(fe->store);
+    size_t i, j;
+    json_t *fn, *v;
+    json_array_foreach(fns, i, fn) {
+        const char *name = json_string_value(json_object_get(fn, "FunctionName"));
+        if (!name)
+            continue;
+        json_t *versions = store_version_list(fe->store, name);
+        json_array_foreach(versions, j, v) {
+            if (json_is_true(json_object_get(v, "_SnapshotPending")))
+                on_snapshot(name, strtol(json_string_value(json_object_get(v, "Version")) ?: "0",
+                                         NULL, 10), fe);
+        }
+        json_decref(versions);
+    }
+    json_decref(fns);
 }
 
 /* Matches "/2015-03-31/functions/{name}/invocations"; copies name. */
@@ -850,6 +991,8 @@ frontend_t *frontend_new(struct event_base *base, const frontend_config_t *cfg, 
         .account_concurrency = cfg->account_concurrency,
         .on_change = on_function_changed,
         .on_change_arg = fe,
+        .isolation = cfg->isolation,
+        .on_snapshot = on_snapshot,
     };
     char *data_dir = xstrdup(cfg->data_dir);
     fe->async = async_open(data_dir, err);
@@ -879,6 +1022,7 @@ frontend_t *frontend_new(struct event_base *base, const frontend_config_t *cfg, 
     getsockname(evhttp_bound_socket_get_fd(fe->bound), (struct sockaddr *)&ss, &sl);
     fe->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     event_active(fe->async_timer, 0, 0); /* events left by a previous run */
+    resume_snapshots(fe);
     return fe;
 }
 

@@ -34,6 +34,8 @@ typedef struct frontend_config {
     const char *data_dir;          /* holds async.db (the Event queue) */
     const char *mode;              /* "embedded" or "split" (status) */
     int async_retry_delays_s[2];   /* after the 1st and 2nd failed attempt (60, 120) */
+    const char *isolation;         /* the workers' default isolation ("sandbox" or
+                                      "microvm"): decides what SnapStart can do */
 } frontend_config_t;
 
 /* Binds the listening socket and starts serving on base.  The other

@@ -62,6 +62,13 @@ typedef struct journal_ops {
      * (group commit: concurrent appends share one fsync/round trip).  On
      * success *index is the record's index.  ESTALE if term is not current. */
     int (*append)(journal_t *j, uint64_t term, const void *data, size_t len, uint64_t *index, err_t *err);
+    /* Optional (NULL: call append n times): appends n records in order as
+     * one group (one fsync/round trip for all of them).  Fills index[i] for
+     * each record made durable; returns n when all were, else the number of
+     * leading records that were (0..n-1) with err saying why the rest were
+     * not (ESTALE if term is not current). */
+    size_t (*append_many)(journal_t *j, uint64_t term, size_t n, const void *const *data,
+                          const size_t *len, uint64_t *index, err_t *err);
     /* Calls fn for every record with index >= from, in order, up to the
      * current end.  Records covered by the latest snapshot may be gone
      * (compacted): then reading starts after the snapshot and *first

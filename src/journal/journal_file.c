@@ -994,6 +994,59 @@ static int jf_append(journal_t *jj, uint64_t term, const void *data, size_t len,
     return 0;
 }
 
+/* Many records at once: queued together, so they share a batch (one
+ * fdatasync) unless the batch limit splits them. */
+static size_t jf_append_many(journal_t *jj, uint64_t term, size_t n, const void *const *data,
+                             const size_t *len, uint64_t *index, err_t *err)
+{
+    jfile_t *j = (jfile_t *)jj;
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (len[i] > JOURNAL_FILE_MAX_RECORD) {
+            err_set(err, E2BIG, "journal: record of %zu bytes exceeds %u", len[i],
+                    JOURNAL_FILE_MAX_RECORD);
+            return 0;
+        }
+    req_t *rs = xcalloc(n, sizeof *rs);
+    pthread_mutex_lock(&j->mu);
+    if (j->broken) {
+        pthread_mutex_unlock(&j->mu);
+        free(rs);
+        broken_err(err);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        rs[i] = (req_t){.term = term, .data = data[i], .len = len[i]};
+        *j->qtail = &rs[i];
+        j->qtail = &rs[i].next;
+    }
+    while (!rs[n - 1].done) {
+        if (!j->batching) {
+            j->batching = 1;
+            run_batch(j);
+            j->batching = 0;
+            pthread_cond_broadcast(&j->cv);
+        } else {
+            pthread_cond_wait(&j->cv, &j->mu);
+        }
+    }
+    /* every one is done once the last is (batches complete in queue order) */
+    for (size_t i = 0; i < n; i++)
+        while (!rs[i].done)
+            pthread_cond_wait(&j->cv, &j->mu);
+    pthread_mutex_unlock(&j->mu);
+    size_t ok = 0;
+    while (ok < n && rs[ok].rc == 0) {
+        index[ok] = rs[ok].index;
+        ok++;
+    }
+    if (ok < n && err)
+        *err = rs[ok].err;
+    free(rs);
+    return ok;
+}
+
 /* ---- reading ------------------------------------------------------------- */
 
 typedef struct plan {
@@ -1350,6 +1403,7 @@ static const journal_ops_t jf_ops = {
     .resign = jf_resign,
     .leader = jf_leader,
     .append = jf_append,
+    .append_many = jf_append_many,
     .read = jf_read,
     .wait = jf_wait,
     .snapshot = jf_snapshot,

@@ -2,17 +2,23 @@
  *
  * How: an array of heap-allocated workers in registration order (pointers
  * stay valid until a worker is forgotten in fleet_tick); each worker keeps
- * a small array of {function, count, memory} for the environments
- * placement tracks on it.  Every operation is a linear scan: fleets here
- * are tens to hundreds of workers.  Picking first sums each zone's
+ * two small arrays of {function, count, memory} - the environments added
+ * explicitly (fleet_env_added/removed) and those its last heartbeat listed
+ * - and an array of pending reservations {env_id, function, memory, at}
+ * made by picks.  A function's count is max(added, reported) + reserved.
+ * Every operation is a linear scan: fleets here are tens to hundreds of
+ * workers, a worker tens of functions.  Picking first sums each zone's
  * environments of the function (one pass), then scans the candidates.
  *
  *   ACTIVE --> DRAINING --> RETIRED        ACTIVE/DRAINING --> LOST
  *   (any) --re-register--> ACTIVE
  *
- * Invariants kept here: a LOST/RETIRED worker has n_fns == 0 and
- * tracked_mb == 0; tracked_mb equals the sum of its fns' memory; every
- * state change goes through set_state(), which appends the event. */
+ * Invariants kept here: a LOST/RETIRED worker has no added, reported or
+ * reserved environments (n_fns == n_rep == n_res == 0, tracked_mb ==
+ * reserved_mb == 0); tracked_mb equals the sum of its fns' memory and
+ * reserved_mb that of its reservations; an env_id is reserved at most once
+ * per worker; every state change goes through set_state(), which appends
+ * the event. */
 #include "placement/fleet.h"
 #include <errno.h>
 #include <math.h>
@@ -26,17 +32,29 @@ typedef struct fn_count {
     int memory_mb;
 } fn_count_t;
 
+typedef struct reservation {
+    char env_id[FLEET_ENV_ID_MAX];
+    char *function;
+    int memory_mb;
+    uint64_t at;                        /* the pick's `now` */
+} reservation_t;
+
 struct fleet_worker {
     char id[FLEET_ID_MAX];
     char address[FLEET_ADDR_MAX];
     char zone[FLEET_ZONE_MAX];
+    char isolation[16], accelerator[16]; /* as registered (status only) */
     int memory_mb, cpus;
     enum fleet_state state;
     uint64_t lease_expiry, last_seen, state_since;
     int tracked_mb, tracked_envs;       /* from fleet_env_added/removed */
     int reported_mb, reported_envs;     /* from the last heartbeat */
-    fn_count_t *fns;
+    fn_count_t *fns;                    /* added, per function */
     int n_fns;
+    fn_count_t *rep;                    /* listed by the last heartbeat that listed any */
+    int n_rep;
+    reservation_t *res;                 /* pending picks */
+    int n_res, reserved_mb;
 };
 
 struct fleet {
@@ -95,20 +113,106 @@ fleet_t *fleet_new(const fleet_config_t *cfg, err_t *err)
     return f;
 }
 
+static void fns_clear(fn_count_t **fns, int *n)
+{
+    for (int i = 0; i < *n; i++)
+        free((*fns)[i].name);
+    free(*fns);
+    *fns = NULL;
+    *n = 0;
+}
+
+/* Forgets every environment of w: added, reported and reserved. */
 static void worker_clear_envs(fleet_worker_t *w)
 {
-    for (int i = 0; i < w->n_fns; i++)
-        free(w->fns[i].name);
-    free(w->fns);
-    w->fns = NULL;
-    w->n_fns = 0;
+    fns_clear(&w->fns, &w->n_fns);
     w->tracked_mb = w->tracked_envs = 0;
+    fns_clear(&w->rep, &w->n_rep);
+    for (int i = 0; i < w->n_res; i++)
+        free(w->res[i].function);
+    free(w->res);
+    w->res = NULL;
+    w->n_res = w->reserved_mb = 0;
 }
 
 static void fw_free(fleet_worker_t *w)
 {
     worker_clear_envs(w);
     free(w);
+}
+
+static fn_count_t *fn_in(fn_count_t *fns, int n, const char *function)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(fns[i].name, function) == 0)
+            return &fns[i];
+    return NULL;
+}
+
+static fn_count_t *find_fn(const fleet_worker_t *w, const char *function)
+{
+    return fn_in(w->fns, w->n_fns, function);
+}
+
+/* Adds one environment of `function` (memory_mb) to a {function, count,
+ * memory} array. */
+static fn_count_t *fn_add(fn_count_t **fns, int *n, const char *function, int memory_mb)
+{
+    fn_count_t *fc = fn_in(*fns, *n, function);
+    if (!fc) {
+        *fns = xrealloc(*fns, (size_t)(*n + 1) * sizeof **fns);
+        fc = &(*fns)[(*n)++];
+        *fc = (fn_count_t){.name = xstrdup(function)};
+    }
+    fc->count++;
+    fc->memory_mb += memory_mb;
+    return fc;
+}
+
+static int reserved_of(const fleet_worker_t *w, const char *function)
+{
+    int n = 0;
+    for (int i = 0; i < w->n_res; i++)
+        n += strcmp(w->res[i].function, function) == 0;
+    return n;
+}
+
+static int fn_effective(const fleet_worker_t *w, const char *function)
+{
+    const fn_count_t *a = find_fn(w, function), *r = fn_in(w->rep, w->n_rep, function);
+    int added = a ? a->count : 0, reported = r ? r->count : 0;
+    return (added > reported ? added : reported) + reserved_of(w, function);
+}
+
+int fleet_worker_environments(const fleet_worker_t *w, const char *function)
+{
+    if (function)
+        return fn_effective(w, function);
+    /* every function added, reported or reserved, each counted once */
+    int total = w->n_res;
+    for (int i = 0; i < w->n_fns; i++) {
+        const fn_count_t *r = fn_in(w->rep, w->n_rep, w->fns[i].name);
+        total += r && r->count > w->fns[i].count ? r->count : w->fns[i].count;
+    }
+    for (int i = 0; i < w->n_rep; i++)
+        if (!find_fn(w, w->rep[i].name))
+            total += w->rep[i].count;
+    return total;
+}
+
+static void res_drop(fleet_worker_t *w, int i)
+{
+    w->reserved_mb -= w->res[i].memory_mb;
+    free(w->res[i].function);
+    w->res[i] = w->res[--w->n_res];
+}
+
+static int res_find(const fleet_worker_t *w, const char *env_id)
+{
+    for (int i = 0; i < w->n_res; i++)
+        if (strcmp(w->res[i].env_id, env_id) == 0)
+            return i;
+    return -1;
 }
 
 void fleet_free(fleet_t *f)
@@ -171,7 +275,7 @@ static void emit(fleet_t *f, enum fleet_event_type type, const fleet_worker_t *w
 static void set_state(fleet_t *f, fleet_worker_t *w, enum fleet_state to, uint64_t now, const char *reason)
 {
     enum fleet_state from = w->state;
-    int envs = w->tracked_envs;
+    int envs = fleet_worker_environments(w, NULL);
     enum fleet_event_type type = to == FLEET_DRAINING ? FLEET_EV_DRAINING
                                : to == FLEET_RETIRED  ? FLEET_EV_RETIRED
                                                       : FLEET_EV_LOST;
@@ -221,7 +325,7 @@ int fleet_register(fleet_t *f, const fleet_registration_t *reg, uint64_t now, ui
     int dropped = 0;
     if (known) {
         from = w->state;
-        dropped = w->tracked_envs;
+        dropped = fleet_worker_environments(w, NULL);
         worker_clear_envs(w);
     } else {
         w = xcalloc(1, sizeof *w);
@@ -231,6 +335,8 @@ int fleet_register(fleet_t *f, const fleet_registration_t *reg, uint64_t now, ui
     }
     strcpy(w->address, reg->address);
     strcpy(w->zone, reg->zone);
+    snprintf(w->isolation, sizeof w->isolation, "%s", reg->isolation ? reg->isolation : "");
+    snprintf(w->accelerator, sizeof w->accelerator, "%s", reg->accelerator ? reg->accelerator : "");
     w->memory_mb = reg->memory_mb;
     w->cpus = reg->cpus;
     w->state = FLEET_ACTIVE;
@@ -252,8 +358,16 @@ int fleet_heartbeat(fleet_t *f, const char *id, uint64_t now, const fleet_load_t
     fleet_worker_t *w = find(f, id);
     if (!w)
         return err_set(err, ENOENT, "fleet: unknown worker %s", id ? id : "(null)");
-    if (load && (load->memory_used_mb < 0 || load->environments < 0))
+    if (load && (load->memory_used_mb < 0 || load->environments < 0 || load->n_envs < 0 ||
+                 (load->n_envs > 0 && !load->envs)))
         return err_set(err, EINVAL, "fleet: worker %s: negative load", id);
+    for (int i = 0; load && load->envs_reported && i < load->n_envs; i++) {
+        const fleet_env_report_t *e = &load->envs[i];
+        if (!e->env_id || !*e->env_id || strlen(e->env_id) >= FLEET_ENV_ID_MAX || !e->function ||
+            !*e->function || e->memory_mb < 0)
+            return err_set(err, EINVAL, "fleet: worker %s: environment %d of the report is malformed",
+                           id, i);
+    }
     if (w->state == FLEET_LOST || w->state == FLEET_RETIRED)
         return (int)w->state;
     if (now > w->last_seen)
@@ -262,12 +376,24 @@ int fleet_heartbeat(fleet_t *f, const char *id, uint64_t now, const fleet_load_t
         w->reported_mb = load->memory_used_mb;
         w->reported_envs = load->environments;
     }
+    if (load && load->envs_reported) {
+        /* the worker's own list replaces what it said before and confirms
+         * the reservations it names */
+        fns_clear(&w->rep, &w->n_rep);
+        for (int i = 0; i < load->n_envs; i++) {
+            const fleet_env_report_t *e = &load->envs[i];
+            fn_add(&w->rep, &w->n_rep, e->function, e->memory_mb);
+            int r = res_find(w, e->env_id);
+            if (r >= 0)
+                res_drop(w, r);
+        }
+    }
     return (int)w->state;
 }
 
 static int committed_mb(const fleet_worker_t *w)
 {
-    return w->tracked_mb > w->reported_mb ? w->tracked_mb : w->reported_mb;
+    return (w->tracked_mb > w->reported_mb ? w->tracked_mb : w->reported_mb) + w->reserved_mb;
 }
 
 static uint64_t age(uint64_t now, uint64_t then) { return now > then ? now - then : 0; }
@@ -280,6 +406,9 @@ int fleet_tick(fleet_t *f, uint64_t now)
         fleet_worker_t *w = f->workers[i];
         if (w->state != FLEET_ACTIVE && w->state != FLEET_DRAINING)
             continue;
+        for (int r = w->n_res - 1; r >= 0; r--) /* never confirmed: the creator gave up */
+            if (age(now, w->res[r].at) > c->heartbeat_timeout_ms)
+                res_drop(w, r);
         if (age(now, w->last_seen) > c->heartbeat_timeout_ms) {
             set_state(f, w, FLEET_LOST, now, "missed heartbeats");
             continue;
@@ -290,7 +419,8 @@ int fleet_tick(fleet_t *f, uint64_t now)
         }
         if (w->state == FLEET_ACTIVE && w->lease_expiry - now <= c->drain_before_ms)
             set_state(f, w, FLEET_DRAINING, now, "lease ending");
-        if (w->state == FLEET_DRAINING && w->tracked_envs == 0 && w->reported_envs == 0)
+        if (w->state == FLEET_DRAINING && fleet_worker_environments(w, NULL) == 0 &&
+            w->reported_envs == 0)
             set_state(f, w, FLEET_RETIRED, now, "drained");
     }
     /* Forget long-gone workers, keeping registration order. */
@@ -327,21 +457,6 @@ int fleet_drain(fleet_t *f, const char *id, uint64_t now, err_t *err)
     return 0;
 }
 
-static fn_count_t *find_fn(const fleet_worker_t *w, const char *function)
-{
-    for (int i = 0; i < w->n_fns; i++)
-        if (strcmp(w->fns[i].name, function) == 0)
-            return &w->fns[i];
-    return NULL;
-}
-
-int fleet_worker_environments(const fleet_worker_t *w, const char *function)
-{
-    if (!function)
-        return w->tracked_envs;
-    const fn_count_t *fc = find_fn(w, function);
-    return fc ? fc->count : 0;
-}
 
 static bool excluded(const char *id, const char *const *exclude)
 {
@@ -420,14 +535,7 @@ int fleet_env_added(fleet_t *f, const char *id, const char *function, int memory
         return err_set(err, ENOENT, "fleet: unknown worker %s", id ? id : "(null)");
     if (w->state == FLEET_LOST || w->state == FLEET_RETIRED)
         return err_set(err, ESTALE, "fleet: worker %s is %s", id, fleet_state_name(w->state));
-    fn_count_t *fc = find_fn(w, function);
-    if (!fc) {
-        w->fns = xrealloc(w->fns, (size_t)(w->n_fns + 1) * sizeof *w->fns);
-        fc = &w->fns[w->n_fns++];
-        *fc = (fn_count_t){.name = xstrdup(function)};
-    }
-    fc->count++;
-    fc->memory_mb += memory_mb;
+    fn_add(&w->fns, &w->n_fns, function, memory_mb);
     w->tracked_envs++;
     w->tracked_mb += memory_mb;
     return 0;
@@ -455,6 +563,45 @@ int fleet_env_removed(fleet_t *f, const char *id, const char *function, int memo
         *fc = w->fns[--w->n_fns];
     }
     return 0;
+}
+
+int fleet_env_reserve(fleet_t *f, const char *id, const char *env_id, const char *function,
+                      int memory_mb, uint64_t now, err_t *err)
+{
+    if (!env_id || !*env_id || strlen(env_id) >= FLEET_ENV_ID_MAX || !function || !*function ||
+        memory_mb < 1)
+        return err_set(err, EINVAL, "fleet: a reservation needs an env_id (< %d characters), a "
+                       "function and memory_mb >= 1", FLEET_ENV_ID_MAX);
+    fleet_worker_t *w = find(f, id);
+    if (!w)
+        return err_set(err, ENOENT, "fleet: unknown worker %s", id ? id : "(null)");
+    if (w->state == FLEET_LOST || w->state == FLEET_RETIRED)
+        return err_set(err, ESTALE, "fleet: worker %s is %s", id, fleet_state_name(w->state));
+    if (res_find(w, env_id) >= 0)
+        return 0;
+    w->res = xrealloc(w->res, (size_t)(w->n_res + 1) * sizeof *w->res);
+    reservation_t *r = &w->res[w->n_res++];
+    memset(r, 0, sizeof *r);
+    strcpy(r->env_id, env_id);
+    r->function = xstrdup(function);
+    r->memory_mb = memory_mb;
+    r->at = now;
+    w->reserved_mb += memory_mb;
+    return 0;
+}
+
+int fleet_env_unreserve(fleet_t *f, const char *id, const char *env_id, err_t *err)
+{
+    if (!env_id || !*env_id)
+        return err_set(err, EINVAL, "fleet: unreserve needs an env_id");
+    fleet_worker_t *w = find(f, id);
+    if (!w)
+        return err_set(err, ENOENT, "fleet: unknown worker %s", id ? id : "(null)");
+    int r = res_find(w, env_id);
+    if (r < 0)
+        return 0;
+    res_drop(w, r);
+    return 1;
 }
 
 typedef struct totals {
@@ -566,19 +713,32 @@ json_t *fleet_status(const fleet_t *f, uint64_t now)
     json_t *workers = json_array();
     for (int i = 0; i < f->n; i++) {
         const fleet_worker_t *w = f->workers[i];
+        /* per function, the count zone spread uses */
         json_t *fns = json_object();
         for (int j = 0; j < w->n_fns; j++)
-            json_object_set_new(fns, w->fns[j].name, json_integer(w->fns[j].count));
+            json_object_set_new(fns, w->fns[j].name, json_integer(fn_effective(w, w->fns[j].name)));
+        for (int j = 0; j < w->n_rep; j++)
+            json_object_set_new(fns, w->rep[j].name, json_integer(fn_effective(w, w->rep[j].name)));
+        for (int j = 0; j < w->n_res; j++)
+            json_object_set_new(fns, w->res[j].function,
+                                json_integer(fn_effective(w, w->res[j].function)));
         json_array_append_new(
             workers,
-            json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:o}", "id", w->id,
-                      "address", w->address, "zone", w->zone, "state", fleet_state_name(w->state),
-                      "lease_expiry", (json_int_t)w->lease_expiry, "lease_remaining_ms",
-                      (json_int_t)age(w->lease_expiry, now), "last_heartbeat_age_ms",
-                      (json_int_t)age(now, w->last_seen), "memory_mb", w->memory_mb,
-                      "memory_committed_mb", committed_mb(w), "memory_tracked_mb", w->tracked_mb,
-                      "memory_reported_mb", w->reported_mb, "cpus", w->cpus, "environments",
-                      w->tracked_envs, "environments_reported", w->reported_envs, "functions", fns));
+            json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:o}",
+                      "id", w->id, "address", w->address, "zone", w->zone, "state",
+                      fleet_state_name(w->state), "lease_expiry", (json_int_t)w->lease_expiry,
+                      "lease_remaining_ms", (json_int_t)age(w->lease_expiry, now),
+                      "last_heartbeat_age_ms", (json_int_t)age(now, w->last_seen), "memory_mb",
+                      w->memory_mb, "memory_committed_mb", committed_mb(w), "memory_tracked_mb",
+                      w->tracked_mb, "memory_reported_mb", w->reported_mb, "memory_reserved_mb",
+                      w->reserved_mb, "cpus", w->cpus, "environments",
+                      fleet_worker_environments(w, NULL), "environments_reported",
+                      w->reported_envs, "environments_reserved", w->n_res, "functions", fns));
+        json_t *last = json_array_get(workers, json_array_size(workers) - 1);
+        if (w->isolation[0])
+            json_object_set_new(last, "isolation", json_string(w->isolation));
+        if (w->accelerator[0])
+            json_object_set_new(last, "microvm_accelerator", json_string(w->accelerator));
     }
     totals_t t = totals(f);
     return json_pack("{s:o,s:i,s:i,s:i,s:i,s:I,s:I,s:f,s:i}", "workers", workers, "active", t.active,

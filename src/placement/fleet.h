@@ -35,10 +35,23 @@
  * RETIRED are final until the worker re-registers; a LOST or RETIRED
  * worker is forgotten (leaves the table and status) forget_after_ms later.
  *
+ * Environments per worker and function (what zone spread counts) come
+ * from three sources: the environments each heartbeat lists (the worker
+ * is the ground truth of what exists on it), reservations made at pick
+ * time (fleet_env_reserve: counted at once, so concurrent picks spread
+ * without waiting for a heartbeat; dropped when a heartbeat lists the
+ * environment, when fleet_env_unreserve says it was not created, or
+ * heartbeat_timeout_ms after the pick), and explicit fleet_env_added/
+ * removed calls.  A function's count on a worker is max(added, reported)
+ * + reserved.  Because the reports replace rather than accumulate, the
+ * view repairs itself within a heartbeat whatever was lost on the way
+ * (an assignment leader that died mid-create, a restarted placement).
+ *
  * Committed memory of a worker = max(memory placement tracked through
- * fleet_env_added/removed, memory_used_mb of its last heartbeat): the
- * tracked figure is immediate, the reported one covers what placement did
- * not place; taking the larger never over-commits.
+ * fleet_env_added/removed, memory_used_mb of its last heartbeat) + memory
+ * reserved by pending picks: the tracked and reserved figures are
+ * immediate, the reported one covers what placement did not place; taking
+ * the larger never over-commits.
  *
  * Not thread-safe: one owner (the placement service's loop) calls it. */
 #ifndef FLICKER_FLEET_H
@@ -52,6 +65,7 @@
 #define FLEET_ID_MAX 64      /* worker id, including the NUL */
 #define FLEET_ZONE_MAX 64    /* zone name, including the NUL */
 #define FLEET_ADDR_MAX 256   /* worker address ("host:port"), including the NUL */
+#define FLEET_ENV_ID_MAX 64  /* environment id, including the NUL */
 
 typedef struct fleet fleet_t;
 typedef struct fleet_worker fleet_worker_t;
@@ -77,12 +91,25 @@ typedef struct fleet_registration {
     const char *zone;
     int memory_mb;                  /* capacity offered for environments */
     int cpus;
+    const char *isolation;          /* the worker's default backend, or NULL (status only) */
+    const char *accelerator;        /* microVMs: "kvm"/"tcg", or NULL (status only) */
 } fleet_registration_t;
+
+/* One environment alive on a worker, as its heartbeat lists it. */
+typedef struct fleet_env_report {
+    const char *env_id;             /* 1..FLEET_ENV_ID_MAX-1 characters */
+    const char *function;           /* non-empty */
+    int memory_mb;                  /* >= 0 */
+} fleet_env_report_t;
 
 /* A heartbeat's load report. */
 typedef struct fleet_load {
     int memory_used_mb;             /* memory committed to environments on the worker */
     int environments;               /* environments alive on the worker */
+    bool envs_reported;             /* envs[0..n_envs) is the complete list of the
+                                       worker's environments (false: not sent) */
+    const fleet_env_report_t *envs;
+    int n_envs;
 } fleet_load_t;
 
 enum fleet_event_type {
@@ -152,19 +179,25 @@ int fleet_register(fleet_t *f, const fleet_registration_t *reg, uint64_t now,
                    uint64_t *lease_expiry, err_t *err);
 
 /* Records a heartbeat: last seen = now, load = *load (NULL: unchanged).
- * Returns the worker's state, which the reply to the worker must carry:
- * ACTIVE/DRAINING (recorded); LOST (ignored: the worker must destroy its
- * environments and re-register); RETIRED (ignored: the worker must stop or
- * re-register).  Returns -1 with err ENOENT for an unknown id (register
- * first) or EINVAL for a negative load.  Transitions happen only in
+ * With load->envs_reported, the listed environments replace the worker's
+ * reported per-function counts, and every pending reservation whose
+ * env_id is listed is confirmed (it is counted from the report from now
+ * on).  Returns the worker's state, which the reply to the worker must
+ * carry: ACTIVE/DRAINING (recorded); LOST (ignored: the worker must
+ * destroy its environments and re-register); RETIRED (ignored: the worker
+ * must stop or re-register).  Returns -1 with err ENOENT for an unknown id
+ * (register first) or EINVAL for a negative load or a malformed
+ * environment (nothing is changed then).  Transitions happen only in
  * fleet_tick. */
 int fleet_heartbeat(fleet_t *f, const char *id, uint64_t now, const fleet_load_t *load, err_t *err);
 
 /* Advances time: for every ACTIVE or DRAINING worker, in registration
  * order, and in this priority: silent for > heartbeat_timeout_ms -> LOST;
  * lease ended -> RETIRED; ACTIVE with lease ending within drain_before_ms
- * -> DRAINING; DRAINING with no environments (tracked and reported) ->
- * RETIRED (so an idle worker may go DRAINING then RETIRED in one tick).
+ * -> DRAINING; DRAINING with no environments (tracked, reported and
+ * reserved) -> RETIRED (so an idle worker may go DRAINING then RETIRED in
+ * one tick).  Reservations older than heartbeat_timeout_ms that no
+ * heartbeat confirmed are dropped first (their creator gave up or died).
  * Then forgets LOST/RETIRED workers older than forget_after_ms.  Returns
  * the number of events it appended.  Invalidates fleet_worker_t pointers
  * of forgotten workers. */
@@ -205,6 +238,22 @@ const fleet_worker_t *fleet_pick(fleet_t *f, const char *function, int memory_mb
 int fleet_env_added(fleet_t *f, const char *id, const char *function, int memory_mb, err_t *err);
 int fleet_env_removed(fleet_t *f, const char *id, const char *function, int memory_mb, err_t *err);
 
+/* Reserves room on worker `id` for environment env_id of `function`
+ * (memory_mb), made right after the pick that chose it and before the
+ * environment is created: it counts at once in zone spread and committed
+ * memory.  It ends when a heartbeat lists env_id (confirmed: counted from
+ * the reports from then on), on fleet_env_unreserve, or when fleet_tick
+ * finds it older than heartbeat_timeout_ms.  Reserving an env_id already
+ * reserved on that worker is a no-op.  Returns 0; -1 with err ENOENT
+ * (unknown worker), ESTALE (LOST/RETIRED) or EINVAL (bad arguments). */
+int fleet_env_reserve(fleet_t *f, const char *id, const char *env_id, const char *function,
+                      int memory_mb, uint64_t now, err_t *err);
+/* Drops the pending reservation of env_id on worker `id` (its creation
+ * failed, or the creator gave up).  Returns 1 if one was dropped, 0 if
+ * there was none (already confirmed by a heartbeat, expired, or the worker
+ * is LOST/RETIRED), -1 with err ENOENT for an unknown worker or EINVAL. */
+int fleet_env_unreserve(fleet_t *f, const char *id, const char *env_id, err_t *err);
+
 /* Advises the fleet size.  The fleet keeps a target (initially
  * min_workers, never below the ACTIVE count, clamped to [min, max]).
  * Outside the cooldown: utilization above scale_out_above, or a fleet_pick
@@ -218,8 +267,11 @@ void fleet_scale_decision(fleet_t *f, uint64_t now, fleet_scale_t *out);
 
 /* {"workers":[{id, address, zone, state, lease_expiry (epoch ms),
  *   lease_remaining_ms, last_heartbeat_age_ms, memory_mb, memory_committed_mb,
- *   memory_tracked_mb, memory_reported_mb, cpus, environments,
- *   environments_reported, functions:{name:n}}...],
+ *   memory_tracked_mb, memory_reported_mb, memory_reserved_mb, cpus,
+ *   environments, environments_reported, environments_reserved,
+ *   functions:{name:n}}...],
+ *  where environments and functions are the counts zone spread uses
+ *  (max(added, reported) + reserved, per function),
  *  active, draining, lost, retired, capacity_mb (ACTIVE), committed_mb
  *  (ACTIVE + DRAINING), utilization (as fleet_scale_t's), target_workers}.  state is "active", "draining", "retired" or "lost".
  * New reference. */
@@ -238,7 +290,8 @@ uint64_t fleet_worker_lease_expiry(const fleet_worker_t *w);
 /* memory_mb - committed (may be negative when a heartbeat reports more
  * than the capacity). */
 int fleet_worker_free_mb(const fleet_worker_t *w);
-/* Environments placement tracks on it; of `function` when non-NULL. */
+/* Environments placement counts on it (of `function` when non-NULL):
+ * per function max(added, reported) + reserved, as zone spread uses. */
 int fleet_worker_environments(const fleet_worker_t *w, const char *function);
 
 /* "active", "draining", "retired", "lost" / "registered", "restarted", ... */

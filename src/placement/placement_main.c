@@ -31,9 +31,10 @@
 
 #define LOG_ROLE "placement"
 
-static void usage(void)
+/* The usage, on stdout for --help, on stderr for a usage error. */
+static void usage(FILE *f)
 {
-    printf("usage: flicker serve placement [options]\n"
+    fprintf(f, "usage: flicker serve placement [options]\n"
            "  --listen ADDR               RPC address, tcp:HOST:PORT or unix:PATH (default tcp:127.0.0.1:9100)\n"
            "  --lease-ms N                worker lease (default 14 h)\n"
            "  --heartbeat-timeout-ms N    silence before a worker is LOST (default 10000)\n"
@@ -129,8 +130,8 @@ int serve_placement_main(int argc, char **argv)
         case 'd': data = optarg; break;
         case 't': ok = parse_int(optarg, 1, &tick_ms); break;
         case 'v': log_set_level(LOG_DEBUG); break;
-        case 'h': usage(); return 0;
-        default: usage(); return 2;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
         }
         if (!ok) {
             fprintf(stderr, "flicker serve placement: bad value for --%s: %s\n",

@@ -12,6 +12,15 @@
  * to that list.  `worker.heartbeat` is also accepted as a notification
  * (the same effect, no reply).
  *
+ * Environment counts (zone spread, committed memory) are derived, not
+ * told: `placement.pick` with an `env_id` reserves room for that
+ * environment on the worker it picked (fleet_env_reserve), and every
+ * heartbeat's `envs` list replaces what placement counted on that worker
+ * and confirms the reservations it names.  `placement.env_removed
+ * {worker_id, env_id}` drops a reservation whose environment was not
+ * created.  The explicit `placement.env_added/env_removed {worker_id,
+ * function, memory_mb}` pair still works (fleet_env_added/removed). 
+ *
  * Invariants: see placement_service.h; in addition every list node belongs
  * to exactly one live connection, and placement_service_free frees the
  * nodes itself (rpc_server_free runs no close callbacks). */
@@ -162,7 +171,9 @@ static void m_register(placement_service_t *ps, rpc_call_t *call, json_t *params
     if (memory_mb < 1 || memory_mb > INT32_MAX || cpus < 1 || cpus > 65536)
         return INVALID(call, "worker.register: memory_mb and cpus must be >= 1");
     fleet_registration_t reg = {.id = id, .address = address, .zone = zone,
-                                .memory_mb = (int)memory_mb, .cpus = (int)cpus};
+                                .memory_mb = (int)memory_mb, .cpus = (int)cpus,
+                                .isolation = json_string_value(json_object_get(params, "isolation")),
+                                .accelerator = json_string_value(json_object_get(params, "accelerator"))};
     uint64_t expiry = 0;
     err_t err = {0};
     if (fleet_register(ps->fleet, &reg, now_wall_ms(), &expiry, &err) < 0)
@@ -179,18 +190,39 @@ static int do_heartbeat(placement_service_t *ps, json_t *params, const char **co
 {
     const char *id;
     json_int_t mem = -1, envs = -1;
+    json_t *list = NULL;
     json_error_t je;
     *code = "InvalidParams";
-    if (json_unpack_ex(params, &je, 0, "{s:s,s?:I,s?:I}", "worker_id", &id, "memory_used_mb", &mem,
-                       "environments", &envs) < 0)
-        return err_set(err, EINVAL, "worker.heartbeat wants {worker_id, memory_used_mb, environments}: %s",
+    if (json_unpack_ex(params, &je, 0, "{s:s,s?:I,s?:I,s?:o}", "worker_id", &id, "memory_used_mb",
+                       &mem, "environments", &envs, "envs", &list) < 0)
+        return err_set(err, EINVAL,
+                       "worker.heartbeat wants {worker_id, memory_used_mb, environments, envs}: %s",
                        je.text);
     if (mem < -1 || envs < -1 || mem > INT32_MAX || envs > INT32_MAX)
         return err_set(err, EINVAL, "worker.heartbeat: negative or huge load");
+    if (list && !json_is_array(list))
+        return err_set(err, EINVAL, "worker.heartbeat: envs must be an array");
+    size_t n = list ? json_array_size(list) : 0;
+    if (n > INT32_MAX / 2)
+        return err_set(err, EINVAL, "worker.heartbeat: too many environments");
+    fleet_env_report_t *reps = xcalloc(n + 1, sizeof *reps);
+    for (size_t i = 0; i < n; i++) {
+        json_int_t emem = 0;
+        if (json_unpack_ex(json_array_get(list, i), &je, 0, "{s:s,s:s,s?:I}", "env_id",
+                           &reps[i].env_id, "function", &reps[i].function, "memory_mb", &emem) < 0 ||
+            emem < 0 || emem > INT32_MAX) {
+            free(reps);
+            return err_set(err, EINVAL,
+                           "worker.heartbeat: envs[%zu] wants {env_id, function, memory_mb}", i);
+        }
+        reps[i].memory_mb = (int)emem;
+    }
     fleet_load_t load = {.memory_used_mb = mem < 0 ? 0 : (int)mem,
-                         .environments = envs < 0 ? 0 : (int)envs};
-    bool have_load = mem >= 0 || envs >= 0;
+                         .environments = envs < 0 ? 0 : (int)envs,
+                         .envs_reported = list != NULL, .envs = reps, .n_envs = (int)n};
+    bool have_load = mem >= 0 || envs >= 0 || list;
     int st = fleet_heartbeat(ps->fleet, id, now_wall_ms(), have_load ? &load : NULL, err);
+    free(reps);
     if (st < 0)
         *code = err->code == ENOENT ? "UnknownWorker" : "InvalidParams";
     return st;
@@ -210,15 +242,18 @@ static void m_heartbeat(placement_service_t *ps, rpc_call_t *call, json_t *param
 
 static void m_pick(placement_service_t *ps, rpc_call_t *call, json_t *params)
 {
-    const char *function;
+    const char *function, *env_id = NULL;
     json_int_t memory_mb;
     json_t *exclude = NULL;
     json_error_t je;
-    if (json_unpack_ex(params, &je, 0, "{s:s,s:I,s?:o}", "function", &function, "memory_mb",
-                       &memory_mb, "exclude", &exclude) < 0)
-        return INVALID(call, "placement.pick wants {function, memory_mb, [exclude]}: %s", je.text);
+    if (json_unpack_ex(params, &je, 0, "{s:s,s:I,s?:o,s?:s}", "function", &function, "memory_mb",
+                       &memory_mb, "exclude", &exclude, "env_id", &env_id) < 0)
+        return INVALID(call, "placement.pick wants {function, memory_mb, [exclude], [env_id]}: %s",
+                       je.text);
     if (!*function || memory_mb < 1 || memory_mb > INT32_MAX)
         return INVALID(call, "placement.pick: function must be non-empty, memory_mb >= 1");
+    if (env_id && (!*env_id || strlen(env_id) >= FLEET_ENV_ID_MAX))
+        return INVALID(call, "placement.pick: env_id must be 1..%d characters", FLEET_ENV_ID_MAX - 1);
     if (exclude && !json_is_array(exclude) && !json_is_null(exclude))
         return INVALID(call, "placement.pick: exclude must be an array of worker ids");
     size_t nx = exclude && json_is_array(exclude) ? json_array_size(exclude) : 0;
@@ -230,12 +265,17 @@ static void m_pick(placement_service_t *ps, rpc_call_t *call, json_t *params)
             return INVALID(call, "placement.pick: exclude must be an array of worker ids");
         }
     }
-    const fleet_worker_t *w =
-        fleet_pick(ps->fleet, function, (int)memory_mb, now_wall_ms(), (const char *const *)ex);
+    uint64_t now = now_wall_ms();
+    const fleet_worker_t *w = fleet_pick(ps->fleet, function, (int)memory_mb, now,
+                                         (const char *const *)ex);
     free(ex);
     if (!w)
         return rpc_reply_error(call, "NoCapacity", "no active worker has %lld MB free for %s",
                                (long long)memory_mb, function);
+    err_t err = {0};
+    if (env_id && fleet_env_reserve(ps->fleet, fleet_worker_id(w), env_id, function, (int)memory_mb,
+                                    now, &err) < 0)
+        log_warn(LOG_ROLE, "reserving %s on %s: %s", env_id, fleet_worker_id(w), err.msg);
     json_t *r = json_pack("{s:s,s:s,s:s}", "worker_id", fleet_worker_id(w), "address",
                           fleet_worker_address(w), "zone", fleet_worker_zone(w));
     rpc_reply(call, r, NULL, 0);
@@ -245,6 +285,22 @@ static void m_pick(placement_service_t *ps, rpc_call_t *call, json_t *params)
 static void m_env(placement_service_t *ps, rpc_call_t *call, json_t *params, bool added)
 {
     const char *worker_id, *function;
+    if (!added && json_is_string(json_object_get(params, "env_id"))) {
+        /* {worker_id, env_id}: the environment a pick reserved room for
+         * was not created (or is already gone) */
+        const char *env_id = json_string_value(json_object_get(params, "env_id"));
+        worker_id = json_string_value(json_object_get(params, "worker_id"));
+        if (!worker_id)
+            return INVALID(call, "placement.env_removed wants {worker_id, env_id}");
+        err_t err = {0};
+        int rc = fleet_env_unreserve(ps->fleet, worker_id, env_id, &err);
+        if (rc < 0)
+            return reply_fleet_error(call, &err);
+        json_t *r = json_pack("{s:b}", "reserved", rc == 1);
+        rpc_reply(call, r, NULL, 0);
+        json_decref(r);
+        return;
+    }
     json_int_t memory_mb;
     json_error_t je;
     if (json_unpack_ex(params, &je, 0, "{s:s,s:s,s:I}", "worker_id", &worker_id, "function",

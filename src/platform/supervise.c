@@ -2,8 +2,14 @@
  * this host, supervised.
  *
  * Starts, in order: placement, three assignment replicas (leader and two
- * followers over the file journal DATA/journal), the workers, then the
- * frontend on the public address.  Roles talk over unix sockets in
+ * followers over the file journal DATA/journal), the workers, then - once
+ * the platform can run a function: placement lists an active worker and a
+ * replica says it leads (polled over RPC every 50 ms, at most 60 s) - the
+ * frontend on the public address.  So a client that sees the endpoint
+ * answer can invoke at once: before, the frontend could listen before the
+ * worker had registered (its first attempt may precede placement's socket
+ * and is retried a heartbeat period later), and an early invoke got 429
+ * "No worker has room".  Roles talk over unix sockets in
  * DATA/run/ (docs/protocol.md).  A role that exits unexpectedly is started
  * again (backoff 200 ms doubling to 5 s).  SIGINT/SIGTERM stop the roles in
  * reverse order (frontend first, so no new work arrives; placement last),
@@ -30,11 +36,14 @@
 #include <unistd.h>
 #include <jansson.h>
 #include "common/log.h"
+#include "common/rpc.h"
 #include "common/util.h"
 
 #define MAX_ROLES 16
 #define MAX_ARGS 48
 #define STOP_GRACE_MS 15000
+#define READY_POLL_MS 50        /* readiness check period before the frontend starts */
+#define READY_WAIT_MS 60000     /* start the frontend anyway after this long */
 
 typedef struct role {
     char name[32];
@@ -60,6 +69,14 @@ typedef struct supervisor {
     int unclean;
     bool fatal;              /* a role failed its first start: give up */
     char *roles_path;        /* DATA/run/roles.json */
+    /* readiness gate: the frontend (the last role) starts once placement
+     * has an active worker and a replica leads */
+    rpc_client_t *ready_pl, *ready_asg[MAX_ROLES];
+    int n_ready_asg;
+    int ready_pending;       /* readiness calls in flight */
+    bool have_worker, have_leader, frontend_started;
+    uint64_t ready_deadline_ms;
+    struct event *ready_timer;
 } supervisor_t;
 
 static void add_arg(role_t *r, const char *a)
@@ -259,8 +276,128 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     begin_stop(arg, strsignal((int)sig));
 }
 
+/* ------------------------------------------------------- readiness gate */
+
+static void ready_free_clients(supervisor_t *s)
+{
+    /* pending calls end with RPC_CANCELLED: on_ready_reply ignores them */
+    if (s->ready_pl)
+        rpc_client_free(s->ready_pl);
+    s->ready_pl = NULL;
+    for (int i = 0; i < s->n_ready_asg; i++)
+        rpc_client_free(s->ready_asg[i]);
+    s->n_ready_asg = 0;
+    s->ready_pending = 0;
+}
+
+/* Starts the frontend (once), ready or not (why says which). */
+static void start_frontend(supervisor_t *s, const char *why)
+{
+    if (s->frontend_started)
+        return;
+    s->frontend_started = true;
+    evtimer_del(s->ready_timer);
+    ready_free_clients(s);
+    if (s->stopping)
+        return;
+    log_info("up", "%s: starting the frontend", why);
+    start_role(s, &s->roles[s->n_roles - 1]);
+}
+
+static void ready_check_done(supervisor_t *s)
+{
+    if (s->ready_pending > 0 || s->frontend_started)
+        return;
+    if (s->have_worker && s->have_leader) {
+        start_frontend(s, "an assignment leader and an active worker");
+        return;
+    }
+    if (now_mono_ms() >= s->ready_deadline_ms) {
+        log_warn("up", "not ready after %d s (%s%s%s)", READY_WAIT_MS / 1000,
+                 s->have_leader ? "" : "no assignment leader",
+                 !s->have_leader && !s->have_worker ? ", " : "",
+                 s->have_worker ? "" : "no active worker");
+        start_frontend(s, "not ready in time");
+        return;
+    }
+    struct timeval tv = {0, READY_POLL_MS * 1000};
+    evtimer_add(s->ready_timer, &tv);
+}
+
+static void on_workers_reply(const rpc_result_t *r, void *arg)
+{
+    supervisor_t *s = arg;
+    if (r->error && !strcmp(r->error, RPC_CANCELLED))
+        return;
+    s->ready_pending--;
+    size_t i;
+    json_t *w;
+    json_array_foreach(r->error ? NULL : json_object_get(r->result, "workers"), i, w) {
+        const char *st = json_string_value(json_object_get(w, "state"));
+        if (st && !strcmp(st, "active"))
+            s->have_worker = true;
+    }
+    ready_check_done(s);
+}
+
+static void on_asg_reply(const rpc_result_t *r, void *arg)
+{
+    supervisor_t *s = arg;
+    if (r->error && !strcmp(r->error, RPC_CANCELLED))
+        return;
+    s->ready_pending--;
+    const char *role = r->error ? NULL : json_string_value(json_object_get(r->result, "role"));
+    if (role && !strcmp(role, "leader"))
+        s->have_leader = true;
+    ready_check_done(s);
+}
+
+static void on_ready_timer(evutil_socket_t fd, short what, void *arg)
+{
+    supervisor_t *s = arg;
+    if (s->stopping) {
+        start_frontend(s, "stopping"); /* frees the clients, starts nothing */
+        return;
+    }
+    if (!s->have_worker && s->ready_pl &&
+        rpc_call(s->ready_pl, "placement.workers", NULL, NULL, 0, 1000, on_workers_reply, s) == 0)
+        s->ready_pending++;
+    for (int i = 0; !s->have_leader && i < s->n_ready_asg; i++)
+        if (rpc_call(s->ready_asg[i], "asg.status", NULL, NULL, 0, 1000, on_asg_reply, s) == 0)
+            s->ready_pending++;
+    ready_check_done(s);
+}
+
+/* Polls placement and the replicas (their --listen addresses) until the
+ * platform can run a function, then starts the frontend. */
+static void ready_gate_start(supervisor_t *s)
+{
+    rpc_opts_t o = {.connect_timeout_ms = 1000, .backoff_min_ms = 20, .backoff_max_ms = 100};
+    for (int i = 0; i < s->n_roles - 1; i++) {
+        const role_t *r = &s->roles[i];
+        const char *addr = role_flag(r, "--listen");
+        err_t err = {0};
+        rpc_client_t *c = addr ? rpc_client_new(s->base, addr, &o, &err) : NULL;
+        if (!c)
+            continue;
+        if (!strcmp(r->argv[2], "placement") && !s->ready_pl)
+            s->ready_pl = c;
+        else if (!strcmp(r->argv[2], "assignment"))
+            s->ready_asg[s->n_ready_asg++] = c;
+        else
+            rpc_client_free(c);
+    }
+    if (!s->ready_pl || !s->n_ready_asg) {
+        start_frontend(s, "cannot check readiness");
+        return;
+    }
+    s->ready_deadline_ms = now_mono_ms() + READY_WAIT_MS;
+    event_active(s->ready_timer, EV_TIMEOUT, 0);
+}
+
 int supervise_main(const char *host, int port, const char *data_arg, bool no_auth, int keep_alive_s,
-                   int account_concurrency, int workers, int argc, char **argv)
+                   int account_concurrency, int workers, int shards, const char *isolation,
+                   int argc, char **argv)
 {
     err_t err = {0};
     char data[PATH_MAX];
@@ -281,7 +418,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     /* Unix socket paths must fit sun_path (108 bytes): a deep data
      * directory gets its sockets in a short per-data-dir directory. */
     char *sockets = NULL;
-    if (strlen(run) + sizeof "/assignment-99.sock" > 100) {
+    if (strlen(run) + sizeof "/assignment-s99-9.sock" > 100) {
         char hex[65];
         sha256_hex(data, strlen(data), hex);
         sockets = xasprintf("/tmp/flicker-%.16s", hex);
@@ -293,7 +430,8 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     mkdir_p(journal_dir, 0700, NULL);
 
     supervisor_t s = {0};
-    char buf[PATH_MAX + 64], asg_list[4 * (PATH_MAX + 16)] = "";
+    char buf[PATH_MAX + 64], *asg_list = xcalloc(1, (size_t)shards * 4 * (PATH_MAX + 16));
+    size_t asg_list_size = (size_t)shards * 4 * (PATH_MAX + 16);
     char placement_addr[PATH_MAX + 16];
     snprintf(placement_addr, sizeof placement_addr, "unix:%s/placement.sock", sockets);
 
@@ -305,30 +443,50 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     add_arg(r, "--data");
     add_arg(r, data);
 
-    for (int i = 1; i <= 3; i++) {
-        char name[32];
-        snprintf(name, sizeof name, "assignment-%d", i);
-        r = new_role(&s, name);
-        snprintf(buf, sizeof buf, "unix:%s/%s.sock", sockets, name);
-        size_t used = strlen(asg_list);
-        snprintf(asg_list + used, sizeof asg_list - used, "%s%s", used ? "," : "", buf);
-        add_arg(r, "serve");
-        add_arg(r, "assignment");
-        add_arg(r, "--listen");
-        add_arg(r, buf);
-        add_arg(r, "--id");
-        add_arg(r, name);
-        snprintf(buf, sizeof buf, "file:%s", journal_dir);
-        add_arg(r, "--journal");
-        add_arg(r, buf);
-        add_arg(r, "--placement");
-        add_arg(r, placement_addr);
-        snprintf(buf, sizeof buf, "%d", keep_alive_s);
-        add_arg(r, "--keep-alive");
-        add_arg(r, buf);
-        snprintf(buf, sizeof buf, "%d", account_concurrency);
-        add_arg(r, "--account-concurrency");
-        add_arg(r, buf);
+    /* The assignment table, sharded by function when asked: each shard is
+     * a group of three replicas with its own journal; shard 1's replicas
+     * are assignment-1..3 over DATA/journal, shard K's assignment-sK-1..3
+     * over DATA/journal-sK.  The frontend gets the groups separated by ';'. */
+    for (int shard = 1; shard <= shards; shard++) {
+        char jdir[PATH_MAX + 32];
+        if (shard == 1)
+            snprintf(jdir, sizeof jdir, "%s", journal_dir);
+        else
+            snprintf(jdir, sizeof jdir, "%s-s%d", journal_dir, shard);
+        mkdir_p(jdir, 0700, NULL);
+        if (shard > 1) {
+            size_t used = strlen(asg_list);
+            snprintf(asg_list + used, asg_list_size - used, ";");
+        }
+        for (int i = 1; i <= 3; i++) {
+            char name[32];
+            if (shard == 1)
+                snprintf(name, sizeof name, "assignment-%d", i);
+            else
+                snprintf(name, sizeof name, "assignment-s%d-%d", shard, i);
+            r = new_role(&s, name);
+            snprintf(buf, sizeof buf, "unix:%s/%s.sock", sockets, name);
+            size_t used = strlen(asg_list);
+            snprintf(asg_list + used, asg_list_size - used, "%s%s",
+                     used && asg_list[used - 1] != ';' ? "," : "", buf);
+            add_arg(r, "serve");
+            add_arg(r, "assignment");
+            add_arg(r, "--listen");
+            add_arg(r, buf);
+            add_arg(r, "--id");
+            add_arg(r, name);
+            snprintf(buf, sizeof buf, "file:%s", jdir);
+            add_arg(r, "--journal");
+            add_arg(r, buf);
+            add_arg(r, "--placement");
+            add_arg(r, placement_addr);
+            snprintf(buf, sizeof buf, "%d", keep_alive_s);
+            add_arg(r, "--keep-alive");
+            add_arg(r, buf);
+            snprintf(buf, sizeof buf, "%d", account_concurrency);
+            add_arg(r, "--account-concurrency");
+            add_arg(r, buf);
+        }
     }
 
     struct sysinfo si;
@@ -354,6 +512,8 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
         snprintf(buf, sizeof buf, "%d", host_mb * 4 / workers);
         add_arg(r, "--memory-mb");
         add_arg(r, buf);
+        add_arg(r, "--isolation");
+        add_arg(r, isolation);
     }
 
     /* The frontend gets up's own flags (minus the supervisor's) plus where
@@ -364,11 +524,13 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--split") || !strcmp(argv[i], "--embedded"))
             continue;
-        if (!strcmp(argv[i], "--workers") || !strcmp(argv[i], "--data")) {
+        if (!strcmp(argv[i], "--workers") || !strcmp(argv[i], "--data") ||
+            !strcmp(argv[i], "--assignment-shards")) {
             i++;
             continue;
         }
-        if (!strncmp(argv[i], "--workers=", 10) || !strncmp(argv[i], "--data=", 7))
+        if (!strncmp(argv[i], "--workers=", 10) || !strncmp(argv[i], "--data=", 7) ||
+            !strncmp(argv[i], "--assignment-shards=", 20))
             continue;
         add_arg(r, argv[i]);
     }
@@ -387,6 +549,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     for (int i = 0; i < s.n_roles; i++)
         s.roles[i].restart = evtimer_new(s.base, on_restart, &s.roles[i]);
     s.stop_timer = evtimer_new(s.base, on_stop_timer, &s);
+    s.ready_timer = evtimer_new(s.base, on_ready_timer, &s);
     struct event *sigchld = evsignal_new(s.base, SIGCHLD, on_child, &s);
     struct event *sigint = evsignal_new(s.base, SIGINT, on_signal, &s);
     struct event *sigterm = evsignal_new(s.base, SIGTERM, on_signal, &s);
@@ -397,9 +560,11 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
 
     s.roles_path = xasprintf("%s/roles.json", run);
     log_info("up", "split mode: %d roles, sockets in %s", s.n_roles, sockets);
-    for (int i = 0; i < s.n_roles; i++)
+    for (int i = 0; i < s.n_roles - 1; i++) /* the frontend once they are ready */
         start_role(&s, &s.roles[i]);
+    ready_gate_start(&s);
     event_base_dispatch(s.base);
+    ready_free_clients(&s);
 
     for (int i = 0; i < s.n_roles; i++) {
         if (s.roles[i].pid > 0) { /* second signal or loop exit: make sure */
@@ -412,6 +577,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
             free(s.roles[i].argv[k]);
     }
     event_free(s.stop_timer);
+    event_free(s.ready_timer);
     event_free(sigchld);
     event_free(sigint);
     event_free(sigterm);
@@ -423,6 +589,7 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
     free(sockets);
     free(run);
     free(journal_dir);
+    free(asg_list);
     close(lock_fd);
     log_info("up", "stopped%s", s.unclean ? " (some roles did not stop cleanly)" : "");
     return s.unclean || s.fatal ? 1 : 0;

@@ -36,6 +36,7 @@
 #include "worker/fnlog.h"
 #include "worker/sandbox.h"
 #include "worker/worker.h"
+#include "worker/microvm.h"
 
 typedef struct up_options {
     char host[256];
@@ -50,9 +51,11 @@ typedef struct up_options {
     int retry_delays[2];
     bool split;               /* up: one process per role (supervise.c) */
     int workers;              /* up --split: worker processes */
+    int shards;               /* up --split: assignment table shards */
     const char *assignment;   /* serve frontend: replica addresses */
     const char *placement;    /* serve frontend: placement address */
     bool frontend_only;       /* serve frontend */
+    const char *isolation;    /* default isolation backend: sandbox or microvm */
 } up_options_t;
 
 typedef struct platform {
@@ -64,9 +67,10 @@ typedef struct platform {
     int grace_s;
 } platform_t;
 
-static void usage(void)
+/* `flicker up --help`: the flags of the whole platform on one host. */
+static void usage_up(FILE *f)
 {
-    printf("usage: flicker up [options]\n"
+    fprintf(f, "usage: flicker up [options]\n"
            "  --listen ADDR:PORT        endpoint (default 127.0.0.1:9000)\n"
            "  --data DIR                data directory (default ./.flicker)\n"
            "  --no-auth                 accept unsigned requests (local play only)\n"
@@ -78,6 +82,32 @@ static void usage(void)
            "  --embedded                every role in this one process (default: one\n"
            "                            supervised process per role, as --split)\n"
            "  --workers N               worker processes (default 1)\n"
+           "  --assignment-shards N     split the assignment table by function over N\n"
+           "                            leader groups of 3 replicas (default 1)\n"
+           "  --isolation KIND          sandbox (default) or microvm: what isolates each\n"
+           "                            execution environment (a function's tag\n"
+           "                            flicker:isolation overrides it)\n"
+           "  --verbose                 debug logging\n");
+}
+
+/* `flicker serve frontend --help`: only the flags a lone frontend uses
+ * (keep-alive, --workers and --embedded belong to the other roles or to
+ * `flicker up`). */
+static void usage_frontend(FILE *f)
+{
+    fprintf(f, "usage: flicker serve frontend --assignment ADDR[,ADDR...] [options]\n"
+           "  --assignment ADDR[,..]    the assignment replicas (tcp:HOST:PORT or unix:PATH);\n"
+           "                            the frontend finds the leader itself (required)\n"
+           "  --placement ADDR          placement, for the fleet in /flicker/status\n"
+           "  --listen ADDR:PORT        public HTTP endpoint (default 127.0.0.1:9000)\n"
+           "  --data DIR                data directory: the store and code (default ./.flicker)\n"
+           "  --no-auth                 accept unsigned requests (local play only)\n"
+           "  --account-concurrency N   account limit of the control plane (GetAccountSettings,\n"
+           "                            reserved concurrency checks; default 1000); invokes are\n"
+           "                            throttled by the assignment leader's own limit\n"
+           "  --region REGION           region in ARNs (default us-east-1)\n"
+           "  --grace SECONDS           on stop, wait this long for in-flight invokes (default 5)\n"
+           "  --async-retry-delays A,B  Event retry delays after function errors (default 60,120)\n"
            "  --verbose                 debug logging\n");
 }
 
@@ -191,6 +221,8 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
         {"split", no_argument, 0, 'S'},          {"workers", required_argument, 0, 'W'},
         {"embedded", no_argument, 0, 'E'},
         {"assignment", required_argument, 0, 'A'}, {"placement", required_argument, 0, 'P'},
+        {"isolation", required_argument, 0, 'I'},
+        {"assignment-shards", required_argument, 0, 'N'},
         {0, 0, 0, 0},
     };
     int c;
@@ -213,8 +245,22 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
         case 'S': o->split = true; break;
         case 'E': o->split = false; break;
         case 'W': o->workers = atoi(optarg); break;
+        case 'N':
+            o->shards = atoi(optarg);
+            if (o->shards < 1 || o->shards > 16) {
+                fprintf(stderr, "%s: --assignment-shards wants 1-16\n", who);
+                return 2;
+            }
+            break;
         case 'A': o->assignment = optarg; break;
         case 'P': o->placement = optarg; break;
+        case 'I':
+            if (strcmp(optarg, "sandbox") && strcmp(optarg, "microvm")) {
+                fprintf(stderr, "%s: --isolation wants sandbox or microvm\n", who);
+                return 2;
+            }
+            o->isolation = optarg;
+            break;
         case 'R':
             if (sscanf(optarg, "%d,%d", &o->retry_delays[0], &o->retry_delays[1]) != 2 ||
                 o->retry_delays[0] < 0 || o->retry_delays[1] < 0) {
@@ -222,8 +268,13 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
                 return 2;
             }
             break;
-        case 'h': usage(); return 0;
-        default: usage(); return 2;
+        case 'h':
+        default:
+            if (o->frontend_only)
+                usage_frontend(c == 'h' ? stdout : stderr);
+            else
+                usage_up(c == 'h' ? stdout : stderr);
+            return c == 'h' ? 0 : 2;
         }
     }
     if (o->keep_alive_s < 1 || o->account_concurrency < 1 || o->grace_s < 0 || o->workers < 1) {
@@ -240,7 +291,7 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
 static const up_options_t default_options = {
     .host = "127.0.0.1", .port = 9000, .data = "./.flicker", .keep_alive_s = 600,
     .account_concurrency = 1000, .region = "us-east-1", .account_id = "000000000000",
-    .grace_s = 5, .retry_delays = {60, 120}, .workers = 1,
+    .grace_s = 5, .retry_delays = {60, 120}, .workers = 1, .shards = 1, .isolation = "sandbox",
 };
 
 static int run(up_options_t o);
@@ -254,7 +305,7 @@ int up_main(int argc, char **argv)
         return rc;
     if (o.split)
         return supervise_main(o.host, o.port, o.data, o.no_auth, o.keep_alive_s,
-                              o.account_concurrency, o.workers, argc, argv);
+                              o.account_concurrency, o.workers, o.shards, o.isolation, argc, argv);
     return run(o);
 }
 
@@ -326,6 +377,8 @@ static int run(up_options_t o)
         log_error("up", "sandboxes unavailable: %s", err.msg);
         goto out;
     }
+    if (!o.frontend_only && start_microvms(o.isolation, data) < 0)
+        goto out;
     store = store_open(data, o.region, o.account_id, &err);
     if (!store) {
         log_error("up", "store: %s", err.msg);
@@ -353,9 +406,12 @@ static int run(up_options_t o)
         .cpus = (int)sysconf(_SC_NPROCESSORS_ONLN),
         .init_timeout_s = 10,
         .logs = logs,
+        .isolation = o.isolation,
+        .state_dir = data,
     };
     if (o.frontend_only) {
-        backend = backend_remote_new(base, o.assignment, o.placement, data, &err);
+        backend = backend_remote_new(base, o.assignment, o.placement, data, o.account_concurrency,
+                                     &err);
         if (!backend) {
             log_error("frontend", "%s", err.msg);
             goto out;
@@ -381,6 +437,7 @@ static int run(up_options_t o)
         .data_dir = data,
         .mode = o.frontend_only ? "split" : "embedded",
         .async_retry_delays_s = {o.retry_delays[0], o.retry_delays[1]},
+        .isolation = o.isolation,
     };
     fe = frontend_new(base, &fc, store, backend, logs, &err);
     if (!fe) {
@@ -432,8 +489,10 @@ out:
         event_base_free(base);
     fnlog_close(logs);
     store_close(store);
-    if (!o.frontend_only)
+    if (!o.frontend_only) {
         sandbox_system_shutdown();
+        microvm_system_shutdown();
+    }
     free(akid);
     free(secret);
     free(init_path);

@@ -30,6 +30,10 @@ json_t *fn_config_to_json(const fn_config_t *c)
         json_object_set_new(o, "on_failure", json_string(c->on_failure));
     if (c->isolation)
         json_object_set_new(o, "isolation", json_string(c->isolation));
+    if (c->snap_start)
+        json_object_set_new(o, "snap_start", json_true());
+    if (c->snapshot_path)
+        json_object_set_new(o, "snapshot_path", json_string(c->snapshot_path));
     return o;
 }
 
@@ -71,6 +75,8 @@ fn_config_t *fn_config_from_json(json_t *o, err_t *err)
     c->on_success = take_opt(o, "on_success");
     c->on_failure = take_opt(o, "on_failure");
     c->isolation = take_opt(o, "isolation");
+    c->snap_start = json_is_true(json_object_get(o, "snap_start"));
+    c->snapshot_path = take_opt(o, "snapshot_path");
     c->memory_mb = (int)json_integer_value(json_object_get(o, "memory_mb"));
     c->timeout_s = (int)json_integer_value(json_object_get(o, "timeout_s"));
     c->ephemeral_mb = (int)json_integer_value(json_object_get(o, "ephemeral_mb"));

@@ -371,6 +371,17 @@ int store_version_insert(store_t *s, const char *name, long version, json_t *cfg
     return rc;
 }
 
+int store_version_update(store_t *s, const char *name, long version, json_t *cfg, err_t *err)
+{
+    char *txt = dumps(cfg);
+    int rc = exec_args(s, err, "UPDATE versions SET config=? WHERE name=? AND version=?", "ssi",
+                       txt, name, (long long)version);
+    free(txt);
+    if (rc == 0 && sqlite3_changes(s->db) == 0)
+        return err_set(err, ENOENT, "version %ld of %s not found", version, name);
+    return rc;
+}
+
 int store_version_delete(store_t *s, const char *name, long version, err_t *err)
 {
     if (exec_args(s, err, "DELETE FROM versions WHERE name=? AND version=?", "si", name,
@@ -636,6 +647,7 @@ void fn_config_free(fn_config_t *c)
     free(c->on_success);
     free(c->on_failure);
     free(c->isolation);
+    free(c->snapshot_path);
     free(c);
 }
 
@@ -757,6 +769,15 @@ int store_resolve(store_t *s, const char *ref, const char *qualifier, fn_config_
     c->alias = alias ? xstrdup(q) : NULL;
     const char *iso = jstr_or_null(cfg, "_Isolation");
     c->isolation = iso && *iso ? xstrdup(iso) : NULL;
+    if (strcmp(c->version, "$LATEST")) {
+        json_t *snap = json_object_get(cfg, "SnapStart");
+        const char *apply = jstr_or_null(snap, "ApplyOn");
+        const char *opt = jstr_or_null(snap, "OptimizationStatus");
+        const char *path = jstr_or_null(cfg, "_Snapshot");
+        c->snap_start = apply && !strcmp(apply, "PublishedVersions");
+        c->snap_pending = json_is_true(json_object_get(cfg, "_SnapshotPending"));
+        c->snapshot_path = c->snap_start && opt && !strcmp(opt, "On") && path ? xstrdup(path) : NULL;
+    }
     /* async settings belong to the qualifier used: alias, version or $LATEST */
     json_t *eic = store_eic_get(s, name, q ? q : "$LATEST");
     json_t *mra = json_object_get(eic, "MaximumRetryAttempts");

@@ -47,6 +47,11 @@ typedef struct fn_config {
     char *on_failure;       /* destination ARN, or NULL */
     char *isolation;        /* tag flicker:isolation ("sandbox"/"microvm"), or NULL:
                                the worker's default */
+    /* SnapStart (published versions of functions with ApplyOn
+     * PublishedVersions): */
+    int snap_start;         /* runtimes see AWS_LAMBDA_INITIALIZATION_TYPE=snap-start */
+    int snap_pending;       /* the version's snapshot is still being made */
+    char *snapshot_path;    /* its snapshot (restore instead of Init), or NULL */
 } fn_config_t;
 
 /* Opens (creating if needed) DATA/flicker.db and the blob directories. */
@@ -124,6 +129,10 @@ long store_next_version(store_t *store, const char *name, err_t *err);
 long store_last_version(store_t *store, const char *name);
 json_t *store_version_get(store_t *store, const char *name, long version);
 int store_version_insert(store_t *store, const char *name, long version, json_t *cfg,
+                         err_t *err);
+/* Replaces a version's stored config: only for what the platform learns
+ * after publishing (its SnapStart snapshot state), never code or settings. */
+int store_version_update(store_t *store, const char *name, long version, json_t *cfg,
                          err_t *err);
 int store_version_delete(store_t *store, const char *name, long version, err_t *err);
 /* Published versions' configs ordered by number (without $LATEST). */

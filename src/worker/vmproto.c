@@ -22,7 +22,7 @@ static void put32(uint8_t *p, uint32_t v)
 int vmproto_type_known(uint8_t t)
 {
     switch (t) {
-    case VM_DATA: case VM_CLOSE: case VM_START: case VM_RESTORE: case VM_HELLO:
+    case VM_DATA: case VM_CLOSE: case VM_START: case VM_RESTORE: case VM_CLOCK: case VM_HELLO:
     case VM_OPEN: case VM_LOG: case VM_EXIT: case VM_RESTORED: case VM_FAULT:
         return 1;
     default:
@@ -115,6 +115,8 @@ static size_t count(char *const *v)
 uint8_t *vmproto_encode_start(char *const *argv, char *const *envp, uint32_t *len)
 {
     size_t argc = count(argv), envc = count(envp), total = 8;
+    if (argc == 0) /* the decoder refuses a START without a program */
+        return NULL;
     for (size_t i = 0; i < argc; i++)
         total += strlen(argv[i]) + 1;
     for (size_t i = 0; i < envc; i++)
@@ -199,5 +201,20 @@ int vmproto_decode_exit(const uint8_t *p, uint32_t len, int32_t *status, uint32_
         return -1;
     *status = (int32_t)get32(p);
     *oom_kills = get32(p + 4);
+    return 0;
+}
+
+void vmproto_encode_clock(uint8_t out[VMPROTO_CLOCK_LEN], int64_t realtime_ns)
+{
+    uint64_t v = (uint64_t)realtime_ns;
+    put32(out, (uint32_t)v);
+    put32(out + 4, (uint32_t)(v >> 32));
+}
+
+int vmproto_decode_clock(const uint8_t *p, uint32_t len, int64_t *realtime_ns)
+{
+    if (len != VMPROTO_CLOCK_LEN)
+        return -1;
+    *realtime_ns = (int64_t)((uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32);
     return 0;
 }

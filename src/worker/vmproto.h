@@ -8,7 +8,15 @@
  * all little-endian, header VMPROTO_HDR bytes, len <= VMPROTO_MAX_PAYLOAD.
  * Anything else (unknown type, non-zero flags/reserved, oversize len) is a
  * protocol error: the host destroys the VM, the agent drops the frame and
- * resynchronises never (it treats the channel as broken and powers off).
+ * resynchronises never (it treats the channel as broken: it sends FAULT and
+ * reboots, which ends QEMU when it runs with -no-reboot).  The agent also
+ * answers frames that are well formed but wrong for it (a type only the
+ * agent sends, a second START, DATA for a stream it never opened, ...) with
+ * FAULT; see docs/guest.md.
+ *
+ * The stream field is 0 in every frame that is not about a stream (HELLO,
+ * START, LOG, EXIT, RESTORE, RESTORED, FAULT); the agent refuses a START or
+ * RESTORE with any other value.
  *
  * Streams relay the runtime's TCP connections to 127.0.0.1:9001 in the
  * guest to the worker's Runtime API: the agent opens stream ids (1, 2, ...,
@@ -23,7 +31,8 @@
  *   CLOSE   the runtime closed it          RESTORE  the VM was restored from a
  *   LOG     runtime stdout/stderr bytes             snapshot: payload 32 bytes of
  *   EXIT    the runtime exited (payload             entropy + 16-byte boot id
- *           vmproto_encode_exit)
+ *           vmproto_encode_exit)           CLOCK    the host's wall clock (only to
+ *                                                   agents with VMPROTO_FEATURE_CLOCK)
  *   RESTORED  RESTORE handled (streams pending at snapshot time were
  *             re-opened and their unanswered request bytes re-sent first)
  *   FAULT   the agent cannot go on (payload: text); the host reports it
@@ -49,6 +58,7 @@ enum vmproto_type {
     /* host -> guest */
     VM_START = 1,
     VM_RESTORE = 4,
+    VM_CLOCK = 5,
     /* guest -> host */
     VM_HELLO = 16,
     VM_OPEN = 17,
@@ -94,7 +104,7 @@ void vmproto_reset(vmproto_decoder_t *d);
 
 /* START payload: u32 argc, u32 envc, then argc + envc NUL-terminated
  * strings.  encode returns a malloc'd buffer and its size in *len (NULL if
- * over VMPROTO_MAX_PAYLOAD).  decode fills malloc'd NULL-terminated arrays
+ * argv is empty or the payload would exceed VMPROTO_MAX_PAYLOAD).  decode fills malloc'd NULL-terminated arrays
  * of pointers into a malloc'd copy (free with vmproto_free_start); returns 0
  * or -1 when malformed. */
 uint8_t *vmproto_encode_start(char *const *argv, char *const *envp, uint32_t *len);
@@ -108,4 +118,21 @@ int vmproto_decode_exit(const uint8_t *p, uint32_t len, int32_t *status, uint32_
 
 /* RESTORE payload: 32 bytes of entropy, then a 16-byte boot id. */
 #define VMPROTO_RESTORE_LEN 48u
+
+/* Feature bits.  HELLO's payload is the u32 protocol version, optionally
+ * followed by a u32 of the features the agent implements (an agent that
+ * sends only the version has none).  The host uses a feature only with an
+ * agent that announced it (for a restored VM: the agent that said HELLO
+ * before the snapshot).
+ *
+ * VMPROTO_FEATURE_CLOCK: the host sends CLOCK (host -> guest, stream 0),
+ * payload an i64 of nanoseconds since the epoch (the host's CLOCK_REALTIME
+ * when it sent the frame), right before START and right after RESTORE; the
+ * agent sets its wall clock from it.  Without it the guest's only wall
+ * clock under TCG is the CMOS RTC, whose whole seconds leave the guest up
+ * to a second behind the host (deadlines, request signing). */
+#define VMPROTO_FEATURE_CLOCK 1u
+#define VMPROTO_CLOCK_LEN 8u
+void vmproto_encode_clock(uint8_t out[VMPROTO_CLOCK_LEN], int64_t realtime_ns);
+int vmproto_decode_clock(const uint8_t *p, uint32_t len, int64_t *realtime_ns);
 #endif

@@ -38,12 +38,14 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "worker/isolation.h"
+#include "worker/microvm.h"
 
 #define RESPONSE_LIMIT 6291556         /* Lambda's maximum response payload */
 #define API_BODY_LIMIT (16u << 20)     /* larger bodies are cut off by evhttp */
 #define TAIL_BYTES 4096
 #define FREEZE_AFTER_MS 50
 #define OUTPUT_CHUNK 65536
+#define MICROVM_BOOT_ALLOWANCE_S 30
 
 typedef struct invocation {
     bool active;
@@ -87,7 +89,24 @@ struct env {
     char *failure;           /* Lambda error body when killed */
     char *failure_log;       /* line to log for the failure (malloc'd) */
     int invocations;
+    /* SnapStart */
+    bool restored;           /* started from a snapshot instead of Init */
+    double restore_ms;
+    struct snap_job *snap;   /* set while this env is being snapshotted */
 };
+
+/* A snapshot being made (worker_snapshot_create): the env boots and runs
+ * Init; its first GET /next (or /restore/next) is held, the state saved,
+ * then the env is destroyed and cb called. */
+typedef struct snap_job {
+    worker_t *w;
+    env_t *env;
+    char *path;
+    worker_snapshot_fn cb;
+    void *arg;
+    struct event *ev;
+    bool done;
+} snap_job_t;
 
 struct worker {
     struct event_base *base;
@@ -161,7 +180,7 @@ static env_t *table_get(const worker_t *w, const char *id)
 env_t *worker_env_find(const worker_t *w, const char *id)
 {
     env_t *e = table_get(w, id);
-    return e && !e->silent ? e : NULL;
+    return e && !e->silent && !e->snap ? e : NULL; /* snapshot makers are private */
 }
 
 bool worker_env_id_valid(const char *id)
@@ -251,7 +270,11 @@ static void finish_invocation(env_t *env, enum invoke_status status, char *body,
     uint64_t peak = env->iso->memory_peak(env->sb);
     char init[64] = "";
     if (!env->reported_init) {
-        snprintf(init, sizeof init, "\tInit Duration: %.2f ms", env->init_ms);
+        if (env->restored)
+            snprintf(init, sizeof init, "\tRestore Duration: %.2f ms\tBilled Restore Duration: %.0f ms",
+                     env->restore_ms, ceil(env->restore_ms));
+        else
+            snprintf(init, sizeof init, "\tInit Duration: %.2f ms", env->init_ms);
         env->reported_init = true;
     }
     log_outf(env, "END RequestId: %s\n", inv.request_id);
@@ -394,8 +417,18 @@ static void handle_next(env_t *env, struct evhttp_request *req)
     }
     env->next_req = req;
     evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_next_closed, env);
+    if (env->state == ENV_STARTING && env->snap) {
+        /* Init is done: save the state with this request still open (a
+         * restored copy re-sends it and goes on from here). */
+        evtimer_del(env->timer_ev);
+        drain_output(env, SIZE_MAX);
+        event_active(env->snap->ev, 0, 0);
+        return;
+    }
     if (env->state == ENV_STARTING) {
         env->init_ms = (double)(now_mono_us() - env->created_us) / 1000.0;
+        if (env->restored)
+            env->restore_ms = env->init_ms;
         evtimer_del(env->timer_ev);
         env->state = ENV_IDLE;
         env->ready_called = true;
@@ -503,8 +536,18 @@ static void on_api_request(struct evhttp_request *req, void *arg)
         handle_next(env, req);
         return;
     }
-    if (method == EVHTTP_REQ_POST && !strcmp(rest, "init/error")) {
+    if (method == EVHTTP_REQ_POST && (!strcmp(rest, "init/error") || !strcmp(rest, "restore/error"))) {
         handle_init_error(env, req);
+        return;
+    }
+    if (method == EVHTTP_REQ_GET && !strcmp(rest, "restore/next")) {
+        /* SnapStart: the runtime waits here for its restore.  Held while
+         * the snapshot is made; in every other environment the restore
+         * (if any) has happened, so it returns at once. */
+        if (env->snap && env->state == ENV_STARTING)
+            handle_next(env, req);
+        else
+            reply_json(req, 200, "{}");
         return;
     }
     if (method == EVHTTP_REQ_POST && !strncmp(rest, "invocation/", 11)) {
@@ -713,6 +756,8 @@ static fn_config_t *copy_config(const fn_config_t *c)
     d->reserved_concurrency = c->reserved_concurrency;
     d->config_key = xstrdup(c->config_key ? c->config_key : "");
     d->isolation = c->isolation ? xstrdup(c->isolation) : NULL;
+    d->snap_start = c->snap_start;
+    d->snapshot_path = c->snapshot_path ? xstrdup(c->snapshot_path) : NULL;
     return d;
 }
 
@@ -782,7 +827,8 @@ static void build_env(const worker_t *w, const env_t *env, strvec_t *envp, const
     sv_add(envp, xasprintf("AWS_LAMBDA_LOG_GROUP_NAME=/aws/lambda/%s", c->name));
     sv_add(envp, xasprintf("AWS_LAMBDA_LOG_STREAM_NAME=%s", env->log_stream));
     sv_add(envp, xstrdup("AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001"));
-    sv_add(envp, xstrdup("AWS_LAMBDA_INITIALIZATION_TYPE=on-demand"));
+    sv_add(envp, xstrdup(c->snap_start ? "AWS_LAMBDA_INITIALIZATION_TYPE=snap-start"
+                                        : "AWS_LAMBDA_INITIALIZATION_TYPE=on-demand"));
     if (execution_env)
         sv_add(envp, xasprintf("AWS_EXECUTION_ENV=%s", execution_env));
 }
@@ -793,9 +839,20 @@ env_t *worker_env_create(worker_t *w, const fn_config_t *cfg, env_ready_fn ready
     return worker_env_create_id(w, NULL, cfg, ready, dead, arg, err);
 }
 
+static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, env_ready_fn ready,
+                         env_dead_fn dead, void *arg, snap_job_t *snap, err_t *err);
+
 env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg, env_ready_fn ready,
                             env_dead_fn dead, void *arg, err_t *err)
 {
+    return env_create(w, id, cfg, ready, dead, arg, NULL, err);
+}
+
+/* Creates an environment; with snap, one whose Init ends in a snapshot. */
+static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, env_ready_fn ready,
+                         env_dead_fn dead, void *arg, snap_job_t *snap, err_t *err)
+{
+    bool snapshot_only = snap != NULL;
     if (id && !worker_env_id_valid(id)) {
         err_set(err, EINVAL, "invalid environment id (1-%d of [A-Za-z0-9_-])", ENV_ID_MAX);
         return NULL;
@@ -820,6 +877,14 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
         free(env);
         return NULL;
     }
+    if (snap && !env->iso->snapshot) {
+        err_set(err, ENOTSUP, "SnapStart snapshots need the microvm isolation (this function "
+                "runs in %s)", env->iso->name);
+        fn_config_free(env->cfg);
+        free(env);
+        return NULL;
+    }
+    env->snap = snap;
     if (id) {
         snprintf(env->id, sizeof env->id, "%s", id);
     } else {
@@ -881,7 +946,27 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
         .code_key = code_key,
         .state_dir = w->cfg.state_dir,
     };
-    int rc = env->iso->create(&spec, &env->sb, err);
+    /* SnapStart: restore the version's snapshot instead of running Init;
+     * if that fails (missing, corrupt, made by another guest build), say so
+     * in the function's log and start normally. */
+    int rc;
+    if (cfg->snapshot_path && env->iso->snapshot && !snapshot_only) {
+        spec.restore_from = cfg->snapshot_path;
+        err_t rerr = {0};
+        rc = env->iso->create(&spec, &env->sb, &rerr);
+        if (rc == 0) {
+            env->restored = true;
+        } else {
+            log_warn("worker", "env %s: SnapStart restore of %s failed (%s): cold start with Init",
+                     env->id, cfg->snapshot_path, rerr.msg);
+            log_outf(env, "SnapStart: restoring the snapshot failed (%s); running Init instead\n",
+                     rerr.msg);
+            spec.restore_from = NULL;
+            rc = env->iso->create(&spec, &env->sb, err);
+        }
+    } else {
+        rc = env->iso->create(&spec, &env->sb, err);
+    }
     sv_free(&argv);
     sv_free(&envp);
     if (rc < 0) {
@@ -917,7 +1002,10 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
     env->teardown_ev = event_new(w->base, -1, 0, on_teardown, env);
     event_add(env->output_ev, NULL);
     event_add(env->exit_ev, NULL);
-    struct timeval tv = {.tv_sec = w->cfg.init_timeout_s};
+    /* A microVM boots its kernel first (seconds under TCG emulation): the
+     * Init limit starts counting after a boot allowance. */
+    struct timeval tv = {.tv_sec = w->cfg.init_timeout_s +
+                                   (env->iso->snapshot ? MICROVM_BOOT_ALLOWANCE_S : 0)};
     evtimer_add(env->timer_ev, &tv);
 
     env->next = w->envs;
@@ -928,6 +1016,88 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
     w->n_envs++;
     w->memory_used += cfg->memory_mb;
     return env;
+}
+
+/* ------------------------------------------------------------ snapshots */
+
+static void snap_job_free(snap_job_t *job)
+{
+    if (job->ev)
+        event_free(job->ev);
+    free(job->path);
+    free(job);
+}
+
+/* The environment failed before its snapshot (Init error, crash, timeout,
+ * worker shutdown): the job fails with Lambda's error body. */
+static void snap_ready(env_t *env, bool ok, const invoke_result_t *r, void *arg)
+{
+    snap_job_t *job = arg;
+    job->env = NULL;
+    if (!job->done) {
+        job->done = true;
+        job->cb(false, r && r->body ? r->body : "Init failed", job->arg);
+    }
+    snap_job_free(job);
+}
+
+static void snap_dead(env_t *env, void *arg) { snap_ready(env, false, NULL, arg); }
+
+static void on_snap(evutil_socket_t fd, short what, void *arg)
+{
+    snap_job_t *job = arg;
+    env_t *env = job->env;
+    err_t e = {0};
+    char *tmp = xasprintf("%s.tmp-%d", job->path, (int)getpid());
+    uint64_t t0 = now_mono_us();
+    int rc = env->iso->snapshot(env->sb, tmp, &e);
+    if (rc == 0 && rename(tmp, job->path) < 0)
+        rc = err_sys(&e, "rename %s", job->path);
+    if (rc < 0)
+        unlink(tmp);
+    free(tmp);
+    if (rc == 0)
+        log_info("worker", "SnapStart: %s:%s saved to %s (Init %.0f ms, save %.0f ms)",
+                 env->cfg->name, env->cfg->version, job->path,
+                 (double)(t0 - env->created_us) / 1000.0, (double)(now_mono_us() - t0) / 1000.0);
+    job->env = NULL;
+    job->done = true;
+    env_destroy(env); /* silent: snap_ready is not called */
+    job->cb(rc == 0, rc == 0 ? NULL : e.msg, job->arg);
+    snap_job_free(job);
+}
+
+int worker_snapshot_create(worker_t *w, const fn_config_t *cfg, const char *path,
+                           worker_snapshot_fn cb, void *arg, err_t *err)
+{
+    snap_job_t *job = xcalloc(1, sizeof *job);
+    job->w = w;
+    job->path = xstrdup(path);
+    job->cb = cb;
+    job->arg = arg;
+    char *dir = xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = 0;
+        if (mkdir_p(dir, 0700, err) < 0) {
+            free(dir);
+            snap_job_free(job);
+            return -1;
+        }
+    }
+    free(dir);
+    job->ev = event_new(w->base, -1, 0, on_snap, job);
+    fn_config_t *c = copy_config(cfg);
+    free(c->snapshot_path); /* boot and Init: never restore while making one */
+    c->snapshot_path = NULL;
+    c->snap_start = 1;
+    job->env = env_create(w, NULL, c, snap_ready, snap_dead, job, job, err);
+    fn_config_free(c);
+    if (!job->env) {
+        snap_job_free(job);
+        return -1;
+    }
+    return 0;
 }
 
 /* --------------------------------------------------------------- worker */
@@ -976,7 +1146,7 @@ int worker_env_count(const worker_t *w) { return w->n_envs; }
 env_t *worker_env_first(const worker_t *w)
 {
     env_t *e = w->envs;
-    while (e && e->silent)
+    while (e && (e->silent || e->snap))
         e = e->next;
     return e;
 }
@@ -984,12 +1154,13 @@ env_t *worker_env_first(const worker_t *w)
 env_t *worker_env_next(const env_t *env)
 {
     env_t *e = env->next;
-    while (e && e->silent)
+    while (e && (e->silent || e->snap))
         e = e->next;
     return e;
 }
 pid_t env_pid(const env_t *env) { return env->sb ? env->iso->pid(env->sb) : 0; }
 const worker_config_t *worker_config(const worker_t *w) { return &w->cfg; }
+struct event_base *worker_event_base(const worker_t *w) { return w->base; }
 
 json_t *worker_status(const worker_t *w)
 {
@@ -1002,7 +1173,16 @@ json_t *worker_status(const worker_t *w)
                             (json_int_t)(e->sb ? e->iso->pid(e->sb) : 0), "frozen", e->frozen,
                             "memory_mb", e->cfg->memory_mb, "invocations", e->invocations));
     }
-    return json_pack("{s:s,s:s,s:i,s:i,s:i,s:o}", "id", w->cfg.id, "zone", w->cfg.zone,
-                     "memory_mb", w->cfg.memory_mb, "memory_used_mb", w->memory_used,
-                     "environments_count", w->n_envs, "environments", envs);
+    json_t *st = json_pack("{s:s,s:s,s:i,s:i,s:i,s:o,s:s}", "id", w->cfg.id, "zone", w->cfg.zone,
+                           "memory_mb", w->cfg.memory_mb, "memory_used_mb", w->memory_used,
+                           "environments_count", w->n_envs, "environments", envs, "isolation",
+                           w->cfg.isolation ? w->cfg.isolation : "sandbox");
+    /* The accelerator is probed at start only where microVMs are the
+     * default (a probe boots a guest: not something status may trigger). */
+    if (w->cfg.isolation && !strcmp(w->cfg.isolation, "microvm"))
+        json_object_set_new(st, "microvm",
+                            json_pack("{s:s,s:s,s:i}", "accelerator", microvm_accelerator(),
+                                      "accelerator_reason", microvm_accelerator_reason(), "vms",
+                                      microvm_count()));
+    return st;
 }

@@ -118,6 +118,18 @@ env_t *worker_env_find(const worker_t *w, const char *id);
 env_t *worker_env_first(const worker_t *w);
 env_t *worker_env_next(const env_t *env);
 int worker_env_count(const worker_t *w);
+/* SnapStart: boots an environment of cfg (its backend must support
+ * snapshots: microvm), runs Init, saves the whole environment's state to
+ * path (atomically: a temporary file renamed; parent directories made) and
+ * destroys it.  cb(ok, message) is called exactly once, never from inside
+ * this call (message: why it failed, e.g. Lambda's Init error body).
+ * Returns 0, or -1/err when the environment could not even start (then cb
+ * is never called).  The environment counts against the worker's memory
+ * while it exists. */
+typedef void (*worker_snapshot_fn)(bool ok, const char *message, void *arg);
+int worker_snapshot_create(worker_t *w, const fn_config_t *cfg, const char *path,
+                           worker_snapshot_fn cb, void *arg, err_t *err);
+
 /* Hands one event to an IDLE environment.  done is called exactly once. */
 void env_invoke(env_t *env, const invoke_event_t *ev, env_done_fn done, void *arg);
 /* Destroys an environment now (any in-flight event fails).  No callbacks
@@ -136,6 +148,15 @@ pid_t env_pid(const env_t *env);
 /* Capacity accounting: memory committed to environments. */
 int worker_memory_used(const worker_t *w);
 const worker_config_t *worker_config(const worker_t *w);
+struct event_base *worker_event_base(const worker_t *w);
 /* Adds {id, zone, memory, environments:[...]} to a status object. */
 json_t *worker_status(const worker_t *w);
+
+/* For a worker process starting with default isolation `isolation`: with
+ * "microvm", sets up the microVM backend and decides its accelerator now
+ * (logged: KVM or TCG and why), failing (-1, logged) when QEMU or the
+ * guest is missing; otherwise only sweeps what a killed predecessor left,
+ * best effort (0).  state_dir: the worker's data directory.  Defined in
+ * worker_main.c; `flicker up --embedded` calls it too. */
+int start_microvms(const char *isolation, const char *state_dir);
 #endif

@@ -22,6 +22,7 @@
 #include "common/version.h"
 #include "platform/serve.h"
 #include "worker/fnlog.h"
+#include "worker/microvm.h"
 #include "worker/sandbox.h"
 #include "worker/worker.h"
 #include "worker/worker_service.h"
@@ -39,6 +40,8 @@ static void usage(FILE *f)
                "  --runtimes DIR         runtime clients (default: found next to the binary)\n"
                "  --heartbeat-ms N       heartbeat period (default 1000)\n"
                "  --region REGION        region (default us-east-1)\n"
+               "  --isolation KIND       sandbox (default) or microvm: the default backend of\n"
+               "                         execution environments (tag flicker:isolation overrides)\n"
                "  --verbose              debug logging\n");
 }
 
@@ -67,10 +70,35 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopexit(m->base, NULL);
 }
 
+/* MicroVMs: where they are the default, the backend and the accelerator
+ * are settled now (a missing QEMU or guest stops the worker here, and the
+ * log says KVM or TCG and why); elsewhere a best-effort sweep of what a
+ * killed predecessor left.  Returns 0 or -1 (logged). */
+int start_microvms(const char *isolation, const char *state_dir)
+{
+    err_t err = {0};
+    bool wanted = isolation && !strcmp(isolation, "microvm");
+    if (microvm_system_init(state_dir, &err) < 0) {
+        if (wanted) {
+            log_error("worker", "microvm isolation unavailable: %s", err.msg);
+            return -1;
+        }
+        log_debug("worker", "microvm backend not available (%s): functions tagged "
+                  "flicker:isolation=microvm will fail to start", err.msg);
+        return 0;
+    }
+    if (wanted) {
+        const char *accel = microvm_accelerator(); /* decides: before the reason */
+        log_info("worker", "microVMs: accelerator %s (%s)", accel, microvm_accelerator_reason());
+    }
+    return 0;
+}
+
 int serve_worker_main(int argc, char **argv)
 {
     const char *listen = NULL, *advertise = NULL, *id = NULL, *zone = "local-a", *placement = NULL;
     const char *data = "./.flicker", *runtimes_opt = NULL, *region = "us-east-1";
+    const char *isolation = "sandbox";
     int memory_mb = 0, heartbeat_ms = 1000;
     static const struct option opts[] = {
         {"listen", required_argument, 0, 'l'},     {"advertise", required_argument, 0, 'a'},
@@ -79,6 +107,7 @@ int serve_worker_main(int argc, char **argv)
         {"data", required_argument, 0, 'd'},       {"runtimes", required_argument, 0, 'r'},
         {"heartbeat-ms", required_argument, 0, 'H'}, {"region", required_argument, 0, 'R'},
         {"verbose", no_argument, 0, 'v'},          {"help", no_argument, 0, 'h'},
+        {"isolation", required_argument, 0, 'I'},
         {0, 0, 0, 0},
     };
     int c;
@@ -101,6 +130,13 @@ int serve_worker_main(int argc, char **argv)
                 return 2;
             break;
         case 'R': region = optarg; break;
+        case 'I':
+            if (strcmp(optarg, "sandbox") && strcmp(optarg, "microvm")) {
+                fprintf(stderr, "flicker serve worker: --isolation wants sandbox or microvm\n");
+                return 2;
+            }
+            isolation = optarg;
+            break;
         case 'v': log_set_level(LOG_DEBUG); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -155,6 +191,8 @@ int serve_worker_main(int argc, char **argv)
         goto out;
     }
     sandboxes = true;
+    if (start_microvms(isolation, data) < 0)
+        goto out;
     base = event_base_new();
     if (!memory_mb) {
         struct sysinfo si;
@@ -171,6 +209,8 @@ int serve_worker_main(int argc, char **argv)
         .cpus = (int)sysconf(_SC_NPROCESSORS_ONLN),
         .init_timeout_s = 10,
         .logs = logs,
+        .isolation = isolation,
+        .state_dir = data,
     };
     worker = worker_new(base, &wc, &err);
     if (!worker) {
@@ -223,8 +263,10 @@ out:
     if (base)
         event_base_free(base);
     fnlog_close(logs);
-    if (sandboxes)
+    if (sandboxes) {
         sandbox_system_shutdown();
+        microvm_system_shutdown();
+    }
     free(log_dir);
     free(address);
     free(init_path);

@@ -11,6 +11,7 @@
  * answered at once (into the void) and forgotten, while its environment
  * goes on. */
 #include "worker/worker_service.h"
+#include "worker/microvm.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -328,6 +329,55 @@ static void m_status(worker_service_t *ws, rpc_call_t *call)
     json_decref(r);
 }
 
+/* env.snapshot {config, path}: SnapStart.  Replies when the snapshot is
+ * saved (or with SnapshotFailed and why). */
+typedef struct snap_call {
+    rpc_call_t *call; /* NULL once the caller is gone */
+} snap_call_t;
+
+static void on_snap_cancel(rpc_call_t *call, void *arg)
+{
+    snap_call_t *sc = arg;
+    sc->call = NULL;
+    rpc_reply_error(call, "Cancelled", "caller gone");
+}
+
+static void on_snap_done(bool ok, const char *message, void *arg)
+{
+    snap_call_t *sc = arg;
+    if (sc->call) {
+        if (ok)
+            rpc_reply(sc->call, NULL, NULL, 0);
+        else
+            rpc_reply_error(sc->call, "SnapshotFailed", "%s", message ? message : "failed");
+    }
+    free(sc);
+}
+
+static void m_snapshot(worker_service_t *ws, rpc_call_t *call, json_t *params)
+{
+    const char *path = str_param(params, "path");
+    err_t err = {0};
+    if (!path || path[0] != '/') {
+        rpc_reply_error(call, "InvalidRequest", "path must be absolute");
+        return;
+    }
+    fn_config_t *cfg = fn_config_from_json(json_object_get(params, "config"), &err);
+    if (!cfg) {
+        rpc_reply_error(call, "InvalidRequest", "config: %s", err.msg);
+        return;
+    }
+    snap_call_t *sc = xcalloc(1, sizeof *sc);
+    sc->call = call;
+    if (worker_snapshot_create(ws->w, cfg, path, on_snap_done, sc, &err) < 0) {
+        rpc_reply_error(call, "SnapshotFailed", "%s", err.msg);
+        free(sc);
+    } else {
+        rpc_call_set_cancel_cb(call, on_snap_cancel, sc);
+    }
+    fn_config_free(cfg);
+}
+
 static void on_request(rpc_call_t *call, const char *method, json_t *params, const void *body,
                        size_t len, void *arg)
 {
@@ -350,6 +400,8 @@ static void on_request(rpc_call_t *call, const char *method, json_t *params, con
         m_destroy(ws, call, params);
     else if (!strcmp(method, "env.list"))
         m_list(ws, call);
+    else if (!strcmp(method, "env.snapshot"))
+        m_snapshot(ws, call, params);
     else if (!strcmp(method, "worker.status"))
         m_status(ws, call);
     else
@@ -457,15 +509,27 @@ static void on_ptimer(evutil_socket_t fd, short what, void *arg)
     json_t *p;
     int rc;
     if (ws->pstate == P_REGISTERING) {
-        p = json_pack("{s:s,s:s,s:s,s:i,s:i}", "worker_id", wc->id, "address", ws->address, "zone",
-                      wc->zone, "memory_mb", wc->memory_mb, "cpus", wc->cpus);
+        p = json_pack("{s:s,s:s,s:s,s:i,s:i,s:s}", "worker_id", wc->id, "address", ws->address,
+                      "zone", wc->zone, "memory_mb", wc->memory_mb, "cpus", wc->cpus, "isolation",
+                      wc->isolation ? wc->isolation : "sandbox");
+        if (wc->isolation && !strcmp(wc->isolation, "microvm")) /* decided at start */
+            json_object_set_new(p, "accelerator", json_string(microvm_accelerator()));
         rc = rpc_call(pc, "worker.register", p, NULL, 0, timeout, on_register_reply, ws);
     } else {
+        /* every live environment, with its function: placement derives
+         * its per-function counts (zone spread) from these lists */
         int n = 0;
-        for (env_t *e = worker_env_first(ws->w); e; e = worker_env_next(e))
-            n += env_state(e) != ENV_DEAD;
-        p = json_pack("{s:s,s:i,s:i}", "worker_id", wc->id, "memory_used_mb", worker_memory_used(ws->w),
-                      "environments", n);
+        json_t *envs = json_array();
+        for (env_t *e = worker_env_first(ws->w); e; e = worker_env_next(e)) {
+            if (env_state(e) == ENV_DEAD)
+                continue;
+            n++;
+            const fn_config_t *cfg = env_config(e);
+            json_array_append_new(envs, json_pack("{s:s,s:s,s:i}", "env_id", env_id(e), "function",
+                                                  cfg->name, "memory_mb", cfg->memory_mb));
+        }
+        p = json_pack("{s:s,s:i,s:i,s:o}", "worker_id", wc->id, "memory_used_mb",
+                      worker_memory_used(ws->w), "environments", n, "envs", envs);
         rc = rpc_call(pc, "worker.heartbeat", p, NULL, 0, timeout, on_heartbeat_reply, ws);
     }
     json_decref(p);

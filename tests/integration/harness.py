@@ -22,7 +22,8 @@ Fixture API (see docs/testing.md for the full story):
 Server methods: client(), aws(), raw() (signed or unsigned HTTP), logs(),
 wait_log(), restart(), stop(), kill9(), descendants(), log_text().
 
-Environment: FLICKER_BUILD (default <repo>/build) selects the binary.
+Environment: FLICKER_BUILD (default <repo>/build) selects the binary;
+FLICKER_TEST_ISOLATION=microvm starts every server with --isolation microvm.
 """
 import atexit
 import base64
@@ -57,6 +58,8 @@ if not BUILD.is_absolute():
     BUILD = REPO / BUILD
 BINARY = BUILD / "flicker"
 IS_ASAN = "asan" in BUILD.name or os.environ.get("FLICKER_ASAN") == "1"
+# FLICKER_TEST_ISOLATION=microvm runs every server's environments in microVMs.
+ISOLATION = os.environ.get("FLICKER_TEST_ISOLATION", "")
 
 ACCESS_KEY = "AKIAFLICKERTEST00001"
 SECRET_KEY = "flicker-test-secret-key-0000000000000000"
@@ -319,6 +322,8 @@ class Server:
             cmd.append("--no-auth")
         if self.keep_alive is not None:
             cmd += ["--keep-alive", str(self.keep_alive)]
+        if ISOLATION and "--isolation" not in self.args:
+            cmd += ["--isolation", ISOLATION]
         return cmd + self.args
 
     def start(self):

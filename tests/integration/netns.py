@@ -13,6 +13,9 @@ multi-host integration tests (tests/integration/test_multihost.py).
   Net.cut(n) / Net.reconnect(n)
                       brings host n's bridge port down / up (a partition:
                       the host keeps its address, its packets go nowhere).
+  Net.rpc_call_in(n, addr, method)
+                      rpc_call made from inside host n's namespace (so a
+                      cut-off host's own roles can still be asked).
   Net.teardown()      kills every process it started (SIGTERM, then SIGKILL,
                       by pid), deletes the namespaces, veths and the bridge.
   etcd_member_argv(...)
@@ -31,6 +34,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 SUBNET = "10.77.0"
@@ -163,6 +167,21 @@ class Net:
     def reconnect(self, n):
         sh("ip", "link", "set", self.root_veth(n), "up")
 
+    def rpc_call_in(self, n, addr, method, params=None, timeout=3.0):
+        """rpc_call(addr, method, params) run by a Python process inside host
+        n's network namespace; returns the response header or raises OSError."""
+        code = ("import json, sys; sys.path.insert(0, %r); import netns; "
+                "print(json.dumps(netns.rpc_call(%r, %r, %r, %r)))"
+                % (os.path.dirname(os.path.abspath(__file__)), addr, method, params, timeout))
+        try:
+            p = subprocess.run(["nsenter", f"--net=/run/netns/{self.ns(n)}", "--", sys.executable,
+                                "-c", code], capture_output=True, text=True, timeout=timeout + 20)
+        except subprocess.TimeoutExpired as e:
+            raise OSError(f"rpc_call_in host {n}: {e}") from e
+        if p.returncode != 0:
+            raise OSError(f"rpc_call_in host {n}: {p.stderr.strip()[-300:]}")
+        return json.loads(p.stdout)
+
     def teardown(self):
         errors = []
         # flicker roles first (they may talk to etcd while stopping), etcd last.
@@ -203,15 +222,29 @@ def etcd_healthy(endpoints):
     return p.returncode == 0
 
 
-def rpc_call(addr, method, params=None, timeout=3.0):
-    """One request over flicker's RPC (length-prefixed JSON header + body) to
-    tcp:HOST:PORT; returns the response header (dict) or raises OSError."""
+def _connect(addr, timeout):
+    if addr.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(addr[5:])
+        except OSError:
+            s.close()
+            raise
+        return s
     assert addr.startswith("tcp:"), addr
     host, port = addr[4:].rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def rpc_call(addr, method, params=None, timeout=3.0):
+    """One request over flicker's RPC (length-prefixed JSON header + body) to
+    tcp:HOST:PORT or unix:PATH; returns the response header (dict) or raises
+    OSError."""
     hdr = dict(params or {})
     hdr.update({"id": 1, "m": method})
     h = json.dumps(hdr).encode()
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+    with _connect(addr, timeout) as s:
         s.settimeout(timeout)
         s.sendall(struct.pack(">II", len(h), 0) + h)
 

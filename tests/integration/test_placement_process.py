@@ -6,7 +6,11 @@ Python RPC client written from docs/rpc.md (4-byte big-endian header
 length, 4-byte big-endian body length, JSON header, body): two fake workers
 register, a pick spreads over their zones, one worker stops heartbeating
 and is reported LOST (state + `worker.lost` notification to a connected
-client), and SIGTERM makes the process exit 0.
+client), and SIGTERM makes the process exit 0.  A second test checks how
+placement counts environments per function without being told: picks with
+an `env_id` reserve room, heartbeats' `envs` lists confirm and replace the
+counts, `placement.env_removed {worker_id, env_id}` releases a reservation,
+an unconfirmed one lapses after the heartbeat timeout.
 
 How: plain sockets, no event loop; every wait polls against a generous
 deadline (nothing asserts on timing).  The process's stderr goes to a file
@@ -186,3 +190,68 @@ def test_placement_process(placement):
             proc.send_signal(signal.SIGTERM)
     assert proc.wait(DEADLINE) == 0
     assert "stopped" in placement["log"].read_text(errors="replace")
+
+
+def test_counts_from_picks_and_heartbeats(placement):
+    """Placement counts each function's environments per worker (what zone
+    spread uses) without being told by assignment: `placement.pick` with an
+    `env_id` reserves room at once (so the next pick already spreads), a
+    heartbeat's `envs` list confirms the reservations it names and replaces
+    the counts, `placement.env_removed {worker_id, env_id}` gives back a
+    reservation whose environment was not created, and a reservation no
+    heartbeat confirms lapses after the heartbeat timeout (1.5 s here)."""
+    proc, port = placement["proc"], placement["port"]
+    try:
+        c, w1, w2 = Rpc(port), Rpc(port), Rpc(port)
+        for w, wid, zone in ((w1, "w1", "a"), (w2, "w2", "b")):
+            r = w.call("worker.register", worker_id=wid, address=f"tcp:127.0.0.1:70{wid[1]}0",
+                       zone=zone, memory_mb=4096, cpus=2)
+            assert "error" not in r, r
+        placed = {"w1": [], "w2": []}
+        for i in range(4):  # no heartbeat in between: only reservations spread them
+            p = c.call("placement.pick", function="fn", memory_mb=128, env_id=f"env{i}")
+            assert "error" not in p, p
+            placed[p["worker_id"]].append(f"env{i}")
+        assert sorted(map(len, placed.values())) == [2, 2], placed
+
+        def view():
+            st = c.call("placement.status")
+            return {w["id"]: (w["functions"], w["environments_reserved"], w["memory_reserved_mb"])
+                    for w in st["workers"]}
+        assert view() == {"w1": ({"fn": 2}, 2, 256), "w2": ({"fn": 2}, 2, 256)}
+
+        # w1 created both (and runs one of g that placement never placed)
+        envs = [{"env_id": e, "function": "fn", "memory_mb": 128} for e in placed["w1"]]
+        envs.append({"env_id": "other", "function": "g", "memory_mb": 128})
+        hb = w1.call("worker.heartbeat", worker_id="w1", memory_used_mb=384, environments=3, envs=envs)
+        assert hb == {"state": "active"}, hb
+        assert view()["w1"] == ({"fn": 2, "g": 1}, 0, 0)
+        # one of w2's creates failed: assignment gives the room back
+        gone = placed["w2"][0]
+        assert c.call("placement.env_removed", worker_id="w2", env_id=gone) == {"reserved": True}
+        assert c.call("placement.env_removed", worker_id="w2", env_id=gone) == {"reserved": False}
+        assert view()["w2"] == ({"fn": 1}, 1, 128)
+        assert c.call("placement.env_removed", worker_id="nope", env_id="x")["error"]["code"] \
+            == "UnknownWorker"
+        # malformed lists are refused and change nothing
+        for bad in ("nope", [{"env_id": "y"}], [{"env_id": "", "function": "fn", "memory_mb": 1}]):
+            r = w1.call("worker.heartbeat", worker_id="w1", envs=bad)
+            assert r.get("error", {}).get("code") == "InvalidParams", (bad, r)
+        assert view()["w1"] == ({"fn": 2, "g": 1}, 0, 0)
+        # w2's other environment is never reported: its reservation lapses
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline and view()["w2"][1]:
+            for w, wid in ((w1, "w1"), (w2, "w2")):  # both stay alive meanwhile
+                assert w.call("worker.heartbeat", worker_id=wid, memory_used_mb=0,
+                              environments=0) == {"state": "active"}
+            time.sleep(0.2)
+        assert view()["w2"] == ({}, 0, 0)
+        # the list replaces: w1's keep-alive ended one of fn
+        w1.call("worker.heartbeat", worker_id="w1", envs=envs[1:])
+        assert view()["w1"] == ({"fn": 1, "g": 1}, 0, 0)
+        for x in (c, w1, w2):
+            x.close()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(DEADLINE) == 0

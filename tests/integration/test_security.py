@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from harness import SECRET_KEY, SLOW, create_function, do_invoke, unique_name
+from harness import ISOLATION, SECRET_KEY, SLOW, create_function, do_invoke, unique_name
 
 FORBIDDEN = [
     "read_etc_shadow", "write_var_task", "write_root", "write_usr", "write_etc",
@@ -107,6 +107,10 @@ def test_probe_controls(probe, check):
 
 @pytest.mark.parametrize("check", FORBIDDEN)
 def test_forbidden(probe, check):
+    if ISOLATION == "microvm" and check == "ptrace_child":
+        pytest.skip("in a microVM, tracing the function's own child is guest-internal: the VM "
+                    "is the boundary (docs/microvm.md); the sandbox's seccomp deny-list is not "
+                    "applied inside the guest")
     assert check in probe["checks"], f"probe did not run {check}"
     res = probe["checks"][check]
     assert not res["succeeded"], f"sandbox allowed {check}: {res['detail']}"

@@ -1,9 +1,15 @@
 """`flicker up --split`: every role its own process (placement, three
 assignment replicas over the file journal, a worker, the frontend), the
 same Lambda API on top.  Checks the invoke path across processes, that
-status shows the roles, and that killing the assignment leader or the
-worker does not stop the service (the supervisor restarts what died; a
-follower takes over the table)."""
+status shows the roles, that killing the assignment leader or the worker
+does not stop the service (the supervisor restarts what died; a follower
+takes over the table), and the leadership rules over the file journal:
+followers report the current term, a leader whose journal stops answering
+steps down by its own lease clock, and a replica restarted at its old
+address never resumes the dead leader's term.  The replicas are asked
+directly over their unix sockets (netns.rpc_call), since the frontend's
+status shows only the replica it believes leads."""
+import fcntl
 import json
 import os
 import signal
@@ -12,7 +18,8 @@ import uuid
 
 import pytest
 
-from harness import SLOW, create_function, do_invoke
+from harness import ISOLATION, SLOW, create_function, do_invoke
+from netns import rpc_call
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +51,26 @@ def wait_for(pred, timeout=60 * SLOW, what="condition"):
             last = e
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what} (last error: {last})")
+
+
+def replica_statuses(srv):
+    """address -> asg.status of every assignment replica, asked directly
+    (None for one that does not answer)."""
+    out = {}
+    for addr in status(srv)["assignment"]["replicas"]:
+        try:
+            out[addr] = rpc_call(addr, "asg.status", timeout=2)
+        except (OSError, ValueError):
+            out[addr] = None
+    return out
+
+
+def current_leader(srv):
+    """(address, term) of the replica that says it leads, or None."""
+    for addr, st in replica_statuses(srv).items():
+        if st and st.get("role") == "leader":
+            return addr, st["term"]
+    return None
 
 
 def role_pids(srv):
@@ -103,6 +130,65 @@ def test_status_shows_roles(split):
     workers = st["placement"]["workers"]
     assert [w["id"] for w in workers] == ["worker-1"]
     assert workers[0]["state"] == "active" and workers[0]["lease_remaining_ms"] > 0
+    # the isolation backend, and for microVMs the accelerator, said plainly
+    assert workers[0]["isolation"] == (ISOLATION or "sandbox")
+    if ISOLATION == "microvm":
+        assert workers[0]["microvm_accelerator"] in ("kvm", "tcg")
+
+
+def test_replicas_report_current_term(split):
+    """Every replica reports the current term: followers learn it from the
+    journal (they never led in it), so all three agree with the leader and
+    name it."""
+    addr, term = wait_for(lambda: current_leader(split), what="an assignment leader")
+
+    def agree():
+        sts = replica_statuses(split)
+        ok = all(st and st.get("term") == term and st.get("leader") == addr for st in sts.values())
+        return sts if ok else None
+    try:
+        sts = wait_for(agree, timeout=10 * SLOW, what="every replica reporting the leader's term")
+    except AssertionError:
+        pytest.fail(f"leader {addr} term {term}; replicas report "
+                    f"{ {a: (s or {}).get('term') for a, s in replica_statuses(split).items()} }")
+    assert sorted(st["role"] for st in sts.values()) == ["follower", "follower", "leader"]
+
+
+def test_stuck_journal_leader_steps_down(split):
+    """The file journal stops answering (the test holds its lock, so every
+    journal call blocks, as on a hung disk): the leader stops being leader
+    by its own lease clock, and asg.status says so, about a lease (1 s)
+    later instead of whenever the journal answers again.  Released, a
+    leader serves again: the same replica in the same term if its waiting
+    renew got the lock first (nobody else can have led), or another one
+    with a higher term; invokes work."""
+    c = split.client()
+    name = "split-stuck-" + uuid.uuid4().hex[:6]
+    create_function(c, name, "py_echo")
+    assert do_invoke(c, name, {}).status == 200
+    addr, term = wait_for(lambda: current_leader(split), what="an assignment leader")
+    fd = os.open(split.data / "journal" / "leader", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        t0 = time.time()
+
+        def stepped_down():
+            st = rpc_call(addr, "asg.status", timeout=2)
+            return st if st.get("role") == "follower" else None
+        wait_for(stepped_down, timeout=15 * SLOW, what=f"{addr} to report follower")
+        took = time.time() - t0
+        print(f"journal locked: the leader reported follower after {took:.2f} s (lease 1 s)")
+        assert took < 4 * SLOW, f"the leader said leader for {took:.1f} s with a stuck journal"
+        assert not any(st and st.get("role") == "leader" for st in replica_statuses(split).values())
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    new = wait_for(lambda: current_leader(split), what="a leader once the journal answers")
+    print(f"journal released: {new[0]} leads with term {new[1]} (was {addr}, term {term})")
+    assert new[1] > term or (new[1] == term and new[0] == addr), (new, addr, term)
+    r = wait_for(lambda: (lambda x: x if x.status == 200 and x.function_error is None else None)(
+        do_invoke(c, name, {"after": "stuck"})), what="an invoke after the journal answered again")
+    assert r.json["event"] == {"after": "stuck"}
 
 
 def test_assignment_leader_killed(split):
@@ -111,16 +197,21 @@ def test_assignment_leader_killed(split):
     create_function(c, name, "py_echo")
     first = do_invoke(c, name, {"n": 1})
     assert first.status == 200
-    leader = wait_for(lambda: status(split)["assignment"].get("leader"), what="a leader in status")
+    old = wait_for(lambda: current_leader(split), what="the leader and its term")
     pids = role_pids(split)
-    victim = next((pids[r] for r in pids if r.startswith("assignment") and r in str(leader)), None)
-    assert victim, (leader, pids)
+    victim = next((pids[r] for r in pids if r.startswith("assignment") and f"/{r}.sock" in old[0]), None)
+    assert victim, (old, pids)
     os.kill(victim, signal.SIGKILL)
     t0 = time.time()
     r = wait_for(lambda: do_invoke(c, name, {"n": 2}), what="an invoke after the leader died")
     took = time.time() - t0
     assert r.status == 200 and r.function_error is None, r
     print(f"invoke answered {took:.2f} s after the assignment leader was killed")
+    # The supervisor restarts the killed replica at its old address within
+    # the old lease; whoever leads now (that one included) won an election:
+    # the term is higher, never the dead leader's again.
+    new = wait_for(lambda: current_leader(split), what="a leader after the kill")
+    assert new[1] > old[1], f"leader {new[0]} has term {new[1]}; the killed leader {old[0]} had {old[1]}"
 
 
 def test_worker_killed(split):

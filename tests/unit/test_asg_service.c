@@ -12,7 +12,11 @@
  * follower takes over with the full table and hands the previously idle env
  * out warm; the takeover time is measured and printed, never asserted),
  * reconciliation (orphan destroyed, missing entry dropped, initializing ->
- * idle) and a clean SIGTERM exit (status 0: under ASan, no leaks).
+ * idle), a clean SIGTERM exit (status 0: under ASan, no leaks), followers
+ * reporting the current term, a replica restarted at the same address
+ * after kill -9 (it must win a new, higher term, never resume the dead
+ * one's), and a leader cut off from the journal (every etcd member
+ * SIGSTOPped) stepping down by its own lease clock.
  *
  * The etcd members run with --election-timeout 500 (via an ETCD wrapper
  * script) so etcd accepts 1 s leases; ASG_ETCD_DEFAULTS=1 keeps etcd's
@@ -377,10 +381,12 @@ static void reap_all(void)
     n_started = 0;
 }
 
+/* Starts a replica at r->addr, or at a free port when r->addr is "". */
 static int replica_start(replica_t *r, const char *prefix, const char *keep_alive,
                          const char *account)
 {
-    snprintf(r->addr, sizeof r->addr, "tcp:127.0.0.1:%d", free_port());
+    if (!r->addr[0])
+        snprintf(r->addr, sizeof r->addr, "tcp:127.0.0.1:%d", free_port());
     char spec[700], logf[PATH_MAX + 32];
     snprintf(spec, sizeof spec, "etcd:%s;prefix=%s", eps, prefix);
     static int seq;
@@ -452,6 +458,16 @@ static int status_role(replica_t *r, char role[16])
     }
     res_clear(&s);
     return rc;
+}
+
+/* asg.status term of r, or -1 if it did not answer. */
+static long long status_term(replica_t *r)
+{
+    sync_res_t s;
+    call(r->c, "asg.status", NULL, 2000, &s);
+    long long t = s.result ? (long long)json_integer_value(json_object_get(s.result, "term")) : -1;
+    res_clear(&s);
+    return t;
 }
 
 /* Waits until r answers asg.status naming `leader` as the leader. */
@@ -731,6 +747,8 @@ static void test_not_leader_and_failover_once(int run, double *takeover_ms, int 
     }
     CHECK_STR(jget(x.detail, "leader"), L->addr);
     res_clear(&x);
+    /* the follower reports the leader's term (it never led itself) */
+    CHECK(status_term(L) >= 1 && status_term(F) == status_term(L));
 
     /* an idle env and a busy one on the leader, then more records than
      * --snapshot-every so the follower also crosses a snapshot */
@@ -851,6 +869,8 @@ static void test_paused_leader(void)
     res_clear(&a);
     release(&rs[0], id, false, &x);
     res_clear(&x);
+    long long term0 = status_term(&rs[0]);
+    CHECK(term0 >= 1);
     kill(rs[0].pid, SIGSTOP);
     CHECK(wait_leader(&rs[1], 1, 15000) == 0);
     kill(rs[0].pid, SIGCONT);
@@ -862,11 +882,116 @@ static void test_paused_leader(void)
     CHECK_STR(x.error, "NotLeader");
     CHECK_STR(jget(x.detail, "leader"), rs[1].addr);
     res_clear(&x);
+    /* the deposed leader, now a follower, reports the new term, not its own */
+    CHECK(status_term(&rs[1]) > term0 && status_term(&rs[0]) == status_term(&rs[1]));
     acquire(&rs[1], "fp", -1, 0, &a); /* the new leader hands the idle env out warm */
     CHECK(a.result && !strcmp(jget(a.result, "env_id"), id));
     res_clear(&a);
     CHECK(replica_stop(&rs[0]) == 0);
     CHECK(replica_stop(&rs[1]) == 0);
+}
+
+/* kill -9 of the leader, then a new process at the same address at once
+ * (what a supervisor does): the journal's leader record still names that
+ * address with a live lease, but the new process is not the one that won
+ * it.  It must not resume that term: it leads only after the old lease
+ * expired and an election gave it a higher term (fencing: no term is ever
+ * used by two leaders). */
+static void test_restart_same_address(void)
+{
+    char p[64];
+    new_prefix(p, sizeof p);
+    fakes_reset();
+    replica_t r = {0};
+    CHECK(replica_start(&r, p, "60", "100") == 0);
+    CHECK(wait_leader(&r, 1, 15000) == 0);
+    long long t1 = status_term(&r);
+    CHECK(t1 >= 1);
+    replica_kill9(&r);
+    uint64_t t0 = now_mono_ms();
+    CHECK(replica_start(&r, p, "60", "100") == 0); /* same r->addr */
+    CHECK(wait_leader(&r, 1, 15000) == 0);
+    long long t2 = status_term(&r);
+    printf("# restarted at the same address: leader again after %llu ms, term %lld -> %lld\n",
+           (unsigned long long)(now_mono_ms() - t0), t1, t2);
+    CHECK(t2 > t1);
+    CHECK(replica_stop(&r) == 0);
+}
+
+/* Sends sig to every member of the test's etcd cluster (pids the cluster
+ * script recorded in cdir/m<i>.pid); returns how many were signalled. */
+static int etcd_signal(int sig)
+{
+    int n = 0;
+    for (int i = 1; i <= 3; i++) {
+        char path[PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/m%d.pid", cdir, i);
+        FILE *f = fopen(path, "r");
+        int pid = 0;
+        if (f) {
+            if (fscanf(f, "%d", &pid) != 1)
+                pid = 0;
+            fclose(f);
+        }
+        if (pid > 1 && kill(pid, sig) == 0)
+            n++;
+    }
+    return n;
+}
+
+static void cut_off_body(replica_t *r, long long *t1)
+{
+    CHECK(wait_leader(r, 1, 15000) == 0);
+    *t1 = status_term(r);
+    CHECK(*t1 >= 1);
+    CHECK(etcd_signal(SIGSTOP) == 3);
+    uint64_t t0 = now_mono_ms(), took = 0;
+    char role[16] = "";
+    while (now_mono_ms() - t0 < 20000) {
+        if (status_role(r, role) == 0 && strcmp(role, "leader") != 0) {
+            took = now_mono_ms() - t0;
+            break;
+        }
+        loop_for(50);
+    }
+    printf("# journal unreachable: the leader says '%s' after %llu ms (lease 1000 ms)\n", role,
+           (unsigned long long)took);
+    CHECK_STR(role, "follower");
+    /* the lease is 1 s and renewed every 333 ms: it runs out within about
+     * a second; the journal's own calls would take 15 s to give up */
+    CHECK(took > 0 && took < 4000);
+    sync_res_t x;
+    acquire(r, "fcut", -1, 0, &x);
+    CHECK_STR(x.error, "NotLeader");
+    res_clear(&x);
+}
+
+/* A leader cut off from the journal (every etcd member stopped: requests
+ * hang rather than fail) stops being leader by its own lease clock: its
+ * asg.status says follower about a lease after the cut, not when its
+ * blocked journal call gives up.  With the journal back it leads again:
+ * in the same term if etcd still granted its lease to the renew that was
+ * waiting (nobody else can have led), else after a new election with a
+ * higher term. */
+static void test_cut_off_leader_steps_down(void)
+{
+    char p[64];
+    new_prefix(p, sizeof p);
+    fakes_reset();
+    replica_t r = {0};
+    CHECK(replica_start(&r, p, "60", "100") == 0);
+    long long t1 = 0;
+    cut_off_body(&r, &t1);
+    bool failed = check_failed_;
+    etcd_signal(SIGCONT); /* always, even after a failed check */
+    if (failed)
+        return;
+    CHECK(wait_leader(&r, 1, 45000) == 0);
+    long long t2 = status_term(&r);
+    printf("# journal back: leader again in term %lld (%s)\n", t2,
+           t2 == t1 ? "its lease was still granted" : "elected again");
+    CHECK(t2 >= t1);
+    CHECK(replica_stop(&r) == 0);
 }
 
 static void test_reconcile(void)
@@ -947,6 +1072,8 @@ int main(void)
     RUN(test_concurrent_acquires);
     RUN(test_sigterm_hands_over);
     RUN(test_paused_leader);
+    RUN(test_restart_same_address);
+    RUN(test_cut_off_leader_steps_down);
     RUN(test_failover);
     if (getenv("ASG_KEEP_LOGS"))
         printf("# replica logs in %s (removed at exit)\n", cdir);

@@ -31,7 +31,7 @@ static void on_change(const char *name, void *arg)
     snprintf(last_changed, sizeof last_changed, "%s", name);
 }
 
-static control_config_t CFG = {REGION, ACCOUNT, 1000, on_change, NULL};
+static control_config_t CFG = {REGION, ACCOUNT, 1000, on_change, NULL, NULL, NULL};
 
 static void setup(void)
 {

@@ -1,6 +1,9 @@
 /* test_fleet.c - the placement fleet state machine (src/placement/fleet.h):
  * leases, heartbeats, LOST/DRAINING/RETIRED transitions and their events,
- * picking (free memory, zone spread), scaling decisions, status JSON.
+ * picking (free memory, zone spread), the environment counts zone spread
+ * uses (pick-time reservations confirmed or replaced by the environments
+ * heartbeats list, expiry, unreserve, loss and re-registration), scaling
+ * decisions, status JSON.
  *
  * Everything is driven by an injected clock: T0 is an epoch-ms instant and
  * tests add small offsets, with a test configuration in milliseconds
@@ -45,7 +48,7 @@ static void beat_all(fleet_t *f, uint64_t now)
 {
     for (int i = 0; i < fleet_count(f); i++) {
         const fleet_worker_t *w = fleet_worker_at(f, i);
-        fleet_load_t load = {0, fleet_worker_environments(w, NULL)};
+        fleet_load_t load = {.memory_used_mb = 0, .environments = fleet_worker_environments(w, NULL)};
         fleet_heartbeat(f, fleet_worker_id(w), now, &load, NULL);
     }
 }
@@ -70,7 +73,7 @@ static void test_register_grants_lease(void)
     fleet_t *f = new_fleet();
     CHECK(f);
     uint64_t expiry = 0;
-    fleet_registration_t r = {"w1", "10.0.0.1:9100", "a", 4096, 4};
+    fleet_registration_t r = {"w1", "10.0.0.1:9100", "a", 4096, 4, NULL, NULL};
     CHECK(fleet_register(f, &r, T0, &expiry, NULL) == 0);
     CHECK(expiry == T0 + 100000);
     const fleet_worker_t *w = fleet_get(f, "w1");
@@ -89,16 +92,16 @@ static void test_register_rejects_bad_fields(void)
 {
     fleet_t *f = new_fleet();
     err_t err = {0};
-    fleet_registration_t r = {"w1", "addr", "a", 0, 1};
+    fleet_registration_t r = {"w1", "addr", "a", 0, 1, NULL, NULL};
     CHECK(fleet_register(f, &r, T0, NULL, &err) == -1 && err.code == EINVAL);
-    r = (fleet_registration_t){"", "addr", "a", 128, 1};
+    r = (fleet_registration_t){"", "addr", "a", 128, 1, NULL, NULL};
     CHECK(fleet_register(f, &r, T0, NULL, &err) == -1 && err.code == EINVAL);
     char long_id[FLEET_ID_MAX + 1];
     memset(long_id, 'x', sizeof long_id - 1);
     long_id[sizeof long_id - 1] = 0;
-    r = (fleet_registration_t){long_id, "addr", "a", 128, 1};
+    r = (fleet_registration_t){long_id, "addr", "a", 128, 1, NULL, NULL};
     CHECK(fleet_register(f, &r, T0, NULL, &err) == -1 && err.code == EINVAL);
-    r = (fleet_registration_t){"w1", "addr", NULL, 128, 1};
+    r = (fleet_registration_t){"w1", "addr", NULL, 128, 1, NULL, NULL};
     CHECK(fleet_register(f, &r, T0, NULL, &err) == -1 && err.code == EINVAL);
     CHECK(fleet_count(f) == 0 && n_events(f) == 0);
     fleet_free(f);
@@ -130,7 +133,7 @@ static void test_heartbeat_keeps_alive(void)
     CHECK(reg(f, "w1", "a", 1024, T0) == 0);
     fleet_events_clear(f);
     for (uint64_t t = T0 + 500; t <= T0 + 30000; t += 500) {
-        fleet_load_t load = {256, 1};
+        fleet_load_t load = {.memory_used_mb = 256, .environments = 1};
         CHECK(fleet_heartbeat(f, "w1", t, &load, NULL) == FLEET_ACTIVE);
         CHECK(fleet_tick(f, t + 400) == 0);
     }
@@ -195,13 +198,14 @@ static void test_lease_end_drains_then_retires_when_empty(void)
     CHECK(fleet_pick(f, "fn", 128, t, NULL) == NULL);
     /* in-flight work continues: heartbeats and ticks change nothing */
     t += 500;
-    CHECK(fleet_heartbeat(f, "w1", t, &(fleet_load_t){128, 1}, NULL) == FLEET_DRAINING);
+    CHECK(fleet_heartbeat(f, "w1", t, &(fleet_load_t){.memory_used_mb = 128, .environments = 1},
+                          NULL) == FLEET_DRAINING);
     CHECK(fleet_tick(f, t) == 0);
     /* the environment goes; RETIRED only once the worker reports 0 too */
     CHECK(fleet_env_removed(f, "w1", "fn", 128, NULL) == 0);
     CHECK(fleet_tick(f, t) == 0);
     t += 500;
-    fleet_heartbeat(f, "w1", t, &(fleet_load_t){0, 0}, NULL);
+    fleet_heartbeat(f, "w1", t, &(fleet_load_t){.memory_used_mb = 0, .environments = 0}, NULL);
     CHECK(fleet_tick(f, t) == 1);
     ev = only_event(f);
     CHECK(ev && ev->type == FLEET_EV_RETIRED && ev->from == FLEET_DRAINING);
@@ -269,7 +273,7 @@ static void test_reregister_after_loss(void)
     CHECK(fleet_tick(f, T0 + 5000) == 1); /* LOST */
     fleet_events_clear(f);
     uint64_t expiry;
-    fleet_registration_t r = {"w1", "10.0.0.9:9100", "b", 2048, 4};
+    fleet_registration_t r = {"w1", "10.0.0.9:9100", "b", 2048, 4, NULL, NULL};
     CHECK(fleet_register(f, &r, T0 + 6000, &expiry, NULL) == 0);
     CHECK(expiry == T0 + 6000 + 100000);
     const fleet_event_t *ev = only_event(f);
@@ -290,7 +294,7 @@ static void test_reregister_while_active_drops_environments(void)
     reg(f, "w1", "a", 1024, T0);
     fleet_env_added(f, "w1", "fn", 128, NULL);
     fleet_env_added(f, "w1", "other", 128, NULL);
-    fleet_heartbeat(f, "w1", T0 + 100, &(fleet_load_t){256, 2}, NULL);
+    fleet_heartbeat(f, "w1", T0 + 100, &(fleet_load_t){.memory_used_mb = 256, .environments = 2}, NULL);
     fleet_events_clear(f);
     CHECK(reg(f, "w1", "a", 1024, T0 + 200) == 0);
     const fleet_event_t *ev = only_event(f);
@@ -312,7 +316,7 @@ static void test_pick_by_free_memory(void)
     w = fleet_pick(f, "fn", 128, T0, NULL);
     CHECK(w && strcmp(fleet_worker_id(w), "w1") == 0); /* tie w1/w3: earliest */
     /* a heartbeat's reported use counts when larger than what placement tracks */
-    fleet_heartbeat(f, "w1", T0 + 10, &(fleet_load_t){900, 3}, NULL);
+    fleet_heartbeat(f, "w1", T0 + 10, &(fleet_load_t){.memory_used_mb = 900, .environments = 3}, NULL);
     w = fleet_pick(f, "fn", 128, T0 + 10, NULL);
     CHECK(w && strcmp(fleet_worker_id(w), "w3") == 0);
     /* only w3 has 1024 free */
@@ -547,13 +551,14 @@ static void test_scale_out_on_unmet_demand(void)
 static void test_status_json_shape(void)
 {
     fleet_t *f = new_fleet();
-    fleet_registration_t r = {"w1", "10.0.0.1:9100", "a", 2048, 4};
+    fleet_registration_t r = {"w1", "10.0.0.1:9100", "a", 2048, 4, NULL, NULL};
     fleet_register(f, &r, T0, NULL, NULL);
     reg(f, "w2", "b", 1024, T0);
     fleet_env_added(f, "w1", "fn", 256, NULL);
     fleet_env_added(f, "w1", "fn", 256, NULL);
     fleet_env_added(f, "w1", "g", 128, NULL);
-    fleet_heartbeat(f, "w1", T0 + 200, &(fleet_load_t){600, 3}, NULL);
+    fleet_heartbeat(f, "w1", T0 + 200, &(fleet_load_t){.memory_used_mb = 600, .environments = 3},
+                    NULL);
     fleet_tick(f, T0 + 1100); /* w2 LOST */
     json_t *st = fleet_status(f, T0 + 1100);
     CHECK(st);
@@ -590,6 +595,177 @@ static void test_status_json_shape(void)
     fleet_free(f);
 }
 
+/* Heartbeats `id` at `now` listing n environments (ids[i] of fns[i], 128 MB). */
+static int beat_envs(fleet_t *f, const char *id, uint64_t now, int n, const char *const *ids,
+                     const char *const *fns)
+{
+    fleet_env_report_t envs[16];
+    for (int i = 0; i < n && i < 16; i++)
+        envs[i] = (fleet_env_report_t){.env_id = ids[i], .function = fns[i], .memory_mb = 128};
+    fleet_load_t load = {.memory_used_mb = 128 * n, .environments = n, .envs_reported = true,
+                         .envs = envs, .n_envs = n};
+    return fleet_heartbeat(f, id, now, &load, NULL);
+}
+
+static int res_count(fleet_t *f, const char *id)
+{
+    json_t *st = fleet_status(f, T0);
+    int n = -1;
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(st, "workers"), i, w)
+        if (!strcmp(json_string_value(json_object_get(w, "id")), id))
+            n = (int)json_integer_value(json_object_get(w, "environments_reserved"));
+    json_decref(st);
+    return n;
+}
+
+/* What split mode does: each pick reserves at once (no heartbeat in
+ * between), so concurrent cold starts of one function spread over zones. */
+static void test_reservations_spread_concurrent_picks(void)
+{
+    fleet_t *f = new_fleet();
+    reg(f, "w1", "a", 4096, T0);
+    reg(f, "w2", "b", 4096, T0);
+    reg(f, "w3", "a", 4096, T0);
+    int per_zone[2] = {0, 0};
+    for (int i = 0; i < 6; i++) {
+        char env[16];
+        snprintf(env, sizeof env, "e%d", i);
+        const fleet_worker_t *w = fleet_pick(f, "fn", 128, T0, NULL);
+        CHECK(w);
+        per_zone[strcmp(fleet_worker_zone(w), "a") == 0 ? 0 : 1]++;
+        CHECK(fleet_env_reserve(f, fleet_worker_id(w), env, "fn", 128, T0, NULL) == 0);
+    }
+    CHECK(per_zone[0] == 3 && per_zone[1] == 3);
+    CHECK(fleet_worker_environments(fleet_get(f, "w2"), "fn") == 3);
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "fn") +
+              fleet_worker_environments(fleet_get(f, "w3"), "fn") == 3);
+    CHECK(fleet_worker_free_mb(fleet_get(f, "w2")) == 4096 - 3 * 128);
+    /* picks alternate zones; ties go to the most free memory: w1, w2, w3,
+     * w2, w1, w2 - so w2 holds e1, e3, e5.  Reserving one again counts it once. */
+    CHECK(fleet_env_reserve(f, "w2", "e3", "fn", 128, T0, NULL) == 0);
+    CHECK(fleet_worker_environments(fleet_get(f, "w2"), NULL) == 3);
+    CHECK(fleet_env_unreserve(f, "w2", "e3", NULL) == 1);
+    CHECK(fleet_worker_environments(fleet_get(f, "w2"), NULL) == 2);
+    err_t err = {0};
+    CHECK(fleet_env_reserve(f, "nope", "x", "fn", 128, T0, &err) == -1 && err.code == ENOENT);
+    CHECK(fleet_env_reserve(f, "w1", "", "fn", 128, T0, &err) == -1 && err.code == EINVAL);
+    fleet_free(f);
+}
+
+/* A heartbeat's list confirms the reservations it names and replaces the
+ * worker's reported counts; reservations it does not name stay pending. */
+static void test_heartbeat_report_confirms_and_replaces(void)
+{
+    fleet_t *f = new_fleet();
+    reg(f, "w1", "a", 4096, T0);
+    CHECK(fleet_env_reserve(f, "w1", "e1", "fn", 128, T0, NULL) == 0);
+    CHECK(fleet_env_reserve(f, "w1", "e2", "fn", 128, T0, NULL) == 0);
+    const fleet_worker_t *w = fleet_get(f, "w1");
+    CHECK(fleet_worker_environments(w, "fn") == 2 && res_count(f, "w1") == 2);
+    /* e1 created; e2 not yet (its create is still on its way) */
+    CHECK(beat_envs(f, "w1", T0 + 100, 1, (const char *[]){"e1"}, (const char *[]){"fn"}) ==
+          FLEET_ACTIVE);
+    CHECK(res_count(f, "w1") == 1);
+    CHECK(fleet_worker_environments(w, "fn") == 2); /* 1 reported + 1 reserved */
+    CHECK(fleet_worker_free_mb(w) == 4096 - 128 - 128);
+    /* both exist, plus one of another function placed by nobody we know */
+    CHECK(beat_envs(f, "w1", T0 + 200, 3, (const char *[]){"e1", "e2", "x9"},
+                    (const char *[]){"fn", "fn", "g"}) == FLEET_ACTIVE);
+    CHECK(res_count(f, "w1") == 0);
+    CHECK(fleet_worker_environments(w, "fn") == 2 && fleet_worker_environments(w, "g") == 1);
+    CHECK(fleet_worker_environments(w, NULL) == 3);
+    json_t *st = fleet_status(f, T0 + 200);
+    json_t *sw = json_array_get(json_object_get(st, "workers"), 0);
+    CHECK(json_integer_value(json_object_get(sw, "environments")) == 3);
+    CHECK(json_integer_value(json_object_get(json_object_get(sw, "functions"), "fn")) == 2);
+    CHECK(json_integer_value(json_object_get(json_object_get(sw, "functions"), "g")) == 1);
+    json_decref(st);
+    /* keep-alive destroyed e1: the next list drops it, nobody had to say so */
+    CHECK(beat_envs(f, "w1", T0 + 300, 2, (const char *[]){"e2", "x9"},
+                    (const char *[]){"fn", "g"}) == FLEET_ACTIVE);
+    CHECK(fleet_worker_environments(w, "fn") == 1);
+    /* counts from fleet_env_added and reports are not added up: max */
+    CHECK(fleet_env_added(f, "w1", "fn", 128, NULL) == 0);
+    CHECK(fleet_worker_environments(w, "fn") == 1);
+    CHECK(fleet_env_added(f, "w1", "fn", 128, NULL) == 0);
+    CHECK(fleet_worker_environments(w, "fn") == 2);
+    /* a malformed report is refused whole */
+    fleet_env_report_t bad[2] = {{"e2", "fn", 128}, {"", "fn", 128}};
+    err_t err = {0};
+    CHECK(fleet_heartbeat(f, "w1", T0 + 400, &(fleet_load_t){.envs_reported = true, .envs = bad,
+                                                             .n_envs = 2}, &err) == -1);
+    CHECK(err.code == EINVAL && fleet_worker_environments(w, "g") == 1);
+    /* a heartbeat without a list leaves the reported counts as they are */
+    CHECK(fleet_heartbeat(f, "w1", T0 + 500, &(fleet_load_t){.memory_used_mb = 0}, NULL) ==
+          FLEET_ACTIVE);
+    CHECK(fleet_worker_environments(w, "g") == 1);
+    fleet_free(f);
+}
+
+/* Reservations end without a heartbeat too: unreserve (creation failed),
+ * expiry (the creator died), loss or re-registration of the worker. */
+static void test_reservation_expiry_unreserve_and_loss(void)
+{
+    fleet_t *f = new_fleet();
+    reg(f, "w1", "a", 4096, T0);
+    reg(f, "w2", "b", 4096, T0);
+    CHECK(fleet_env_reserve(f, "w1", "e1", "fn", 128, T0, NULL) == 0);
+    CHECK(fleet_env_reserve(f, "w1", "e2", "fn", 128, T0 + 600, NULL) == 0);
+    CHECK(fleet_env_unreserve(f, "w1", "e1", NULL) == 1);
+    CHECK(fleet_env_unreserve(f, "w1", "e1", NULL) == 0); /* already gone */
+    err_t err = {0};
+    CHECK(fleet_env_unreserve(f, "nope", "e1", &err) == -1 && err.code == ENOENT);
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "fn") == 1);
+    /* e2 was never confirmed: dropped heartbeat_timeout_ms (1 s) after its pick */
+    beat_all(f, T0 + 1500);
+    fleet_tick(f, T0 + 1500);
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "fn") == 1);
+    beat_all(f, T0 + 1700);
+    fleet_tick(f, T0 + 1700);
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "fn") == 0);
+    CHECK(fleet_worker_free_mb(fleet_get(f, "w1")) == 4096);
+    /* a DRAINING worker with a pending reservation is not retired yet */
+    CHECK(fleet_env_reserve(f, "w1", "e3", "fn", 128, T0 + 1700, NULL) == 0);
+    CHECK(fleet_drain(f, "w1", T0 + 1700, NULL) == 0);
+    fleet_events_clear(f);
+    beat_envs(f, "w1", T0 + 1800, 0, NULL, NULL);
+    beat_all(f, T0 + 1800);
+    fleet_tick(f, T0 + 1800);
+    CHECK(fleet_worker_state(fleet_get(f, "w1")) == FLEET_DRAINING);
+    CHECK(fleet_env_unreserve(f, "w1", "e3", NULL) == 1); /* its create failed */
+    beat_envs(f, "w1", T0 + 1850, 0, NULL, NULL);
+    fleet_tick(f, T0 + 1850);
+    CHECK(fleet_worker_state(fleet_get(f, "w1")) == FLEET_RETIRED);
+    fleet_events_clear(f);
+    /* w2 reports two, has one reserved, then goes silent: LOST drops all
+     * three (the event says so) */
+    CHECK(beat_envs(f, "w2", T0 + 1800, 2, (const char *[]){"a1", "a2"},
+                    (const char *[]){"fn", "fn"}) == FLEET_ACTIVE);
+    CHECK(fleet_env_reserve(f, "w2", "a3", "fn", 128, T0 + 2000, NULL) == 0);
+    CHECK(fleet_worker_environments(fleet_get(f, "w2"), "fn") == 3);
+    fleet_tick(f, T0 + 2900);
+    const fleet_event_t *ev = only_event(f);
+    CHECK(ev && ev->type == FLEET_EV_LOST && ev->environments == 3);
+    fleet_events_clear(f);
+    CHECK(fleet_worker_environments(fleet_get(f, "w2"), NULL) == 0);
+    CHECK(fleet_env_reserve(f, "w2", "a4", "fn", 128, T0 + 2900, &err) == -1 && err.code == ESTALE);
+    /* re-registered (a restarted worker): nothing until it reports */
+    CHECK(reg(f, "w2", "b", 4096, T0 + 3000) == 0);
+    ev = only_event(f);
+    CHECK(ev && ev->type == FLEET_EV_RESTARTED && ev->environments == 0);
+    fleet_events_clear(f);
+    CHECK(beat_envs(f, "w2", T0 + 3100, 1, (const char *[]){"b1"}, (const char *[]){"fn"}) ==
+          FLEET_ACTIVE);
+    CHECK(fleet_env_reserve(f, "w2", "b2", "fn", 128, T0 + 3100, NULL) == 0);
+    CHECK(reg(f, "w2", "b", 4096, T0 + 3200) == 0);
+    ev = only_event(f);
+    CHECK(ev && ev->type == FLEET_EV_RESTARTED && ev->environments == 2);
+    CHECK(fleet_worker_environments(fleet_get(f, "w2"), NULL) == 0);
+    fleet_free(f);
+}
+
 int main(void)
 {
     RUN(test_register_grants_lease);
@@ -615,5 +791,8 @@ int main(void)
     RUN(test_scale_replaces_lost_and_draining_workers);
     RUN(test_scale_out_on_unmet_demand);
     RUN(test_status_json_shape);
+    RUN(test_reservations_spread_concurrent_picks);
+    RUN(test_heartbeat_report_confirms_and_replaces);
+    RUN(test_reservation_expiry_unreserve_and_loss);
     CHECK_EXIT();
 }

@@ -371,6 +371,38 @@ static int poll_campaign(journal_t *j, const char *id, uint64_t lease, uint64_t 
     return rc;
 }
 
+/* append_many: one group, consecutive indexes, read back in order; a
+ * stale term appends none of them. */
+static void test_append_many(void)
+{
+    mktmp();
+    journal_t *j = jopen(4096);
+    CHECK(j && j->ops->append_many);
+    err_t err = {0};
+    uint64_t term = 0, idx = 0, idxs[20];
+    CHECK(j->ops->campaign(j, "a", 10000, &term, &err) == 1);
+    CHECK(append_seed(j, term, 1, &idx, &err) == 0 && idx == 1);
+    unsigned char bufs[20][512];
+    const void *data[20];
+    size_t lens[20];
+    for (unsigned i = 0; i < 20; i++) {
+        lens[i] = mkpay(i + 2, bufs[i], sizeof bufs[i]);
+        data[i] = bufs[i];
+    }
+    CHECK(j->ops->append_many(j, term, 20, data, lens, idxs, &err) == 20);
+    for (unsigned i = 0; i < 20; i++)
+        CHECK(idxs[i] == i + 2);
+    got_t g;
+    CHECK(read_all(j, 1, &g, NULL) == 0);
+    CHECK(g.n == 21 && !g.bad && !g.disorder && g.seed[0] == 1 && g.seed[20] == 21);
+    got_free(&g);
+    CHECK(j->ops->append_many(j, term + 5, 3, data, lens, idxs, &err) == 0 && err.code == ESTALE);
+    CHECK(read_all(j, 1, &g, NULL) == 0 && g.n == 21);
+    got_free(&g);
+    journal_close(j);
+    rmtmp();
+}
+
 static void test_fencing_leases(void)
 {
     mktmp();
@@ -1006,6 +1038,7 @@ int main(void)
     RUN(test_roundtrip_rolls_reopen);
     RUN(test_torn_tail_repaired);
     RUN(test_middle_corruption_refused);
+    RUN(test_append_many);
     RUN(test_fencing_leases);
     RUN(test_stuck_mid_append);
     RUN(test_leader_file_torn);

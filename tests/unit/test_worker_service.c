@@ -188,6 +188,7 @@ static struct {
     const char *next_error;     /* error code for the next heartbeat reply */
     char worker_id[64], address[160];
     int last_envs;
+    json_t *last_list;          /* the last heartbeat's `envs` */
 } P;
 
 static void placement_handler(rpc_call_t *call_, const char *method, json_t *params,
@@ -205,6 +206,8 @@ static void placement_handler(rpc_call_t *call_, const char *method, json_t *par
     } else if (!strcmp(method, "worker.heartbeat")) {
         P.heartbeats++;
         P.last_envs = (int)json_integer_value(json_object_get(params, "environments"));
+        json_decref(P.last_list);
+        P.last_list = json_incref(json_object_get(params, "envs"));
         if (P.next_error) {
             rpc_reply_error(call_, P.next_error, "no such worker");
             P.next_error = NULL;
@@ -461,6 +464,17 @@ static void test_placement(void)
     int hb = P.heartbeats + 2;
     CHECK(run_until_fn(heartbeats_at_least, &hb));
     CHECK(P.last_envs == worker_env_count(W));
+    /* the heartbeat lists every environment with its function and memory
+     * (placement counts environments per function from these lists) */
+    CHECK(json_is_array(P.last_list) && (int)json_array_size(P.last_list) == P.last_envs);
+    size_t i;
+    json_t *e;
+    json_array_foreach(P.last_list, i, e) {
+        env_t *env = worker_env_find(W, json_string_value(json_object_get(e, "env_id")));
+        CHECK(env);
+        CHECK_STR(json_string_value(json_object_get(e, "function")), env_config(env)->name);
+        CHECK(json_integer_value(json_object_get(e, "memory_mb")) == env_config(env)->memory_mb);
+    }
     /* an error reply (placement restarted, unknown id): register again */
     P.next_error = "UnknownWorker";
     int two = 2;
@@ -563,6 +577,7 @@ int main(void)
     worker_free(W);
     if (P.srv)
         rpc_server_free(P.srv);
+    json_decref(P.last_list);
     /* teardown events scheduled by env_destroy ran in worker_free */
     check_failed_ = sandbox_count() != 0;
     printf("%s test_nothing_left (sandboxes alive: %d)\n", check_failed_ ? "FAIL" : "PASS",
