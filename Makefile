@@ -26,7 +26,7 @@ INIT_BIN  := $(BUILD)/flicker-init
 BENCH_BIN := $(BUILD)/bench/asg_bench
 AGENT_BIN := $(BUILD)/flicker-agent
 
-.PHONY: all clean test unit bench bench-leader bench-microvm fuzz guest
+.PHONY: all clean test unit bench bench-leader bench-microvm fuzz guest chaos
 all: $(BUILD)/flicker $(UNIT_BIN) $(INIT_BIN) $(AGENT_BIN) $(BENCH_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -89,6 +89,13 @@ bench-leader: all
 # Python, same run), microVM starts per second, host memory per microVM.
 bench-microvm: all guest
 	FLICKER_VM_BENCH=5 CHECK_ONLY=test_vm_bench $(BUILD)/tests/test_microvm
+
+# The chaos suite (chaos/run.py, docs/chaos.md): each fault on a fresh
+# platform under load; several minutes; needs root (sandboxes, network
+# namespaces, a loop-mounted disk).  Writes the results into docs/chaos.md.
+# CHAOS_ARGS="--only worker,frontend" or "--smoke" narrows or shortens it.
+chaos: all
+	/usr/bin/python3 chaos/run.py --build $(BUILD) --write-doc $(CHAOS_ARGS)
 
 # libFuzzer targets: fuzz/fuzz_*.c, each linked with the library sources
 # built by clang with ASan+UBSan; `make fuzz` builds them and runs each for

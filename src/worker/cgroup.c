@@ -414,13 +414,16 @@ const cgroup_ops_t cgroup_v2_ops = {
 
 /* ---------------------------------------------------------- root setup */
 
-/* Start time (clock ticks since boot) of pid, or 0 if it does not exist. */
+/* Start time (clock ticks since boot) of pid, or 0 if it does not exist
+ * or has exited: a zombie (killed, not yet reaped by its parent, e.g. an
+ * init that reaps lazily after the supervisor died too) runs nothing. */
 static unsigned long long proc_starttime(pid_t pid) {
     char path[64], buf[1024];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
     if (read_small(path, buf, sizeof(buf)) < 0) return 0;
     char *p = strrchr(buf, ')'); /* comm may contain spaces */
     if (!p) return 0;
+    if (p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X')) return 0;
     unsigned long long st = 0;
     /* After ") ": field 3 (state) ... field 22 (starttime). */
     int field = 2;
@@ -436,8 +439,8 @@ static unsigned long long proc_starttime(pid_t pid) {
     return st;
 }
 
-/* True for "sbx-<pid>-<starttime>" whose process is gone (or whose pid now
- * belongs to a process with another start time).  Anything else under
+/* True for "sbx-<pid>-<starttime>" whose process is gone or a zombie (or
+ * whose pid now belongs to a process with another start time).  Anything else under
  * flicker/ (not ours, or alive) is left alone. */
 bool cgroup_instance_stale(const char *name) {
     int pid, used = 0;

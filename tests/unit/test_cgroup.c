@@ -152,6 +152,48 @@ static void stale_instance_test(bool v2) {
 static void test_v2_stale_instance_recovery(void) { stale_instance_test(true); }
 static void test_v1_stale_instance_recovery(void) { stale_instance_test(false); }
 
+/* Start time of pid from /proc (field 22), 0 if unreadable. */
+static unsigned long long starttime_of(pid_t pid, char *state) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    unsigned long long st = 0;
+    if (p && sscanf(p + 2, "%c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+                    state, &st) != 2)
+        st = 0;
+    return st;
+}
+
+/* An instance whose worker was killed but not yet reaped (a zombie: its
+ * /proc entry still has the same start time) is stale; a live one is not. */
+static void test_zombie_instance_is_stale(void) {
+    pid_t live = spawn_sleeper();
+    pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    char state = 0, lstate = 0;
+    unsigned long long st = 0;
+    for (int i = 0; i < 500 && state != 'Z'; i++) { /* until it has exited, unreaped */
+        st = starttime_of(dead, &state);
+        usleep(2000);
+    }
+    unsigned long long lst = starttime_of(live, &lstate);
+    char zname[64], lname[64];
+    snprintf(zname, sizeof(zname), "sbx-%d-%llu", (int)dead, st);
+    snprintf(lname, sizeof(lname), "sbx-%d-%llu", (int)live, lst);
+    bool zombie_stale = state == 'Z' && cgroup_instance_stale(zname);
+    bool live_kept = lst != 0 && !cgroup_instance_stale(lname);
+    kill(live, SIGKILL);
+    waitpid(live, NULL, 0);
+    waitpid(dead, NULL, 0);
+    bool reaped_stale = cgroup_instance_stale(zname);
+    CHECK(zombie_stale && live_kept && reaped_stale);
+}
+
 static void test_cpu_quota(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     CHECK(cgroup_cpu_quota(1769, 100000) == 100000);
@@ -173,6 +215,7 @@ static bool is_cgroup1_hybrid(void) {
 
 int main(void) {
     RUN(test_cpu_quota);
+    RUN(test_zombie_instance_is_stale);
     if (geteuid() != 0) {
         SKIP(test_cgroup_backends, "needs root");
         CHECK_EXIT();
