@@ -138,6 +138,9 @@ struct asg_service {
 
     /* loop only */
     struct event *lease_ev;    /* steps down when the lease runs out by our clock */
+    struct event *sweep_ev;    /* leader: reclaims environments whose holder is gone */
+    struct event *reconcile_ev; /* takeover: asks placement for its workers again */
+    uint64_t sweep_epoch;      /* epoch of the sweep's outstanding env.list calls */
     asg_table_t *table;
     enum role role;
     uint64_t term;
@@ -154,6 +157,7 @@ struct asg_service {
     worker_conn_t *workers;
     deferred_t *deferred;
     int reconcile_pending;     /* env.list calls outstanding */
+    int reconcile_tries;       /* placement.workers attempts in this takeover */
     json_t *reconcile_seen;    /* worker_id -> {env_id: state} */
     json_t *reconcile_known;   /* worker ids placement listed (not lost) */
     bool closing;
@@ -689,6 +693,7 @@ typedef struct ka {
     asg_service_t *s;
     asg_env_t *e;
     struct event *ev;
+    int idle_seen;           /* sweeps in a row that found it busy here, idle on its worker */
 } ka_t;
 
 static void ka_fire(evutil_socket_t fd, short what, void *arg)
@@ -719,8 +724,23 @@ static void ka_arm(asg_service_t *s, asg_env_t *e)
 static void ka_disarm(asg_env_t *e)
 {
     ka_t *k = e->aux;
-    if (k)
+    if (k) {
         evtimer_del(k->ev);
+        k->idle_seen = 0; /* handed out now: the sweep starts over */
+    }
+}
+
+/* The env's ka_t, made (not armed) if it has none. */
+static ka_t *ka_get(asg_service_t *s, asg_env_t *e)
+{
+    if (!e->aux) {
+        ka_t *k = xcalloc(1, sizeof *k);
+        k->s = s;
+        k->e = e;
+        k->ev = evtimer_new(s->base, ka_fire, k);
+        e->aux = k;
+    }
+    return e->aux;
 }
 
 static void on_env_removed(asg_env_t *e, void *arg)
@@ -1272,6 +1292,11 @@ static void on_env_list(const rpc_result_t *r, void *arg)
     free(c);
 }
 
+#define RECONCILE_TRIES 20      /* placement.workers attempts at a takeover ... */
+#define RECONCILE_RETRY_MS 250  /* ... this far apart (5 s in all) */
+
+static void reconcile_ask_again(evutil_socket_t fd, short what, void *arg);
+
 static void on_workers(const rpc_result_t *r, void *arg)
 {
     rec_ctx_t *c = arg;
@@ -1282,8 +1307,17 @@ static void on_workers(const rpc_result_t *r, void *arg)
     if (s->role != R_RECONCILING || s->epoch != epoch)
         return;
     if (r->error) {
-        log_warn(ROLE, "reconcile: placement.workers: %s: %s", r->error, r->message);
         placement_failed(s, r->error);
+        /* placement may be starting too (everything restarted at once):
+         * without its list nothing can be checked, so ask again a while */
+        if (++s->reconcile_tries < RECONCILE_TRIES) {
+            log_info(ROLE, "reconcile: placement.workers: %s: %s (asking again)", r->error,
+                     r->message);
+            struct timeval tv = {0, RECONCILE_RETRY_MS * 1000};
+            evtimer_add(s->reconcile_ev, &tv);
+            return;
+        }
+        log_warn(ROLE, "reconcile: placement.workers: %s: %s", r->error, r->message);
         reconcile_finish(s);
         return;
     }
@@ -1317,10 +1351,25 @@ static void on_workers(const rpc_result_t *r, void *arg)
         reconcile_finish(s);
 }
 
+static void ask_placement_workers(asg_service_t *s);
+
+static void reconcile_ask_again(evutil_socket_t fd, short what, void *arg)
+{
+    asg_service_t *s = arg;
+    if (s->role == R_RECONCILING && !s->closing)
+        ask_placement_workers(s);
+}
+
 static void start_reconcile(asg_service_t *s)
 {
     s->role = R_RECONCILING;
     s->epoch++;
+    s->reconcile_tries = 0;
+    ask_placement_workers(s);
+}
+
+static void ask_placement_workers(asg_service_t *s)
+{
     rpc_client_t *pl = placement_client(s);
     rec_ctx_t *c = xcalloc(1, sizeof *c);
     c->s = s;
@@ -1328,6 +1377,105 @@ static void start_reconcile(asg_service_t *s)
     if (!pl || rpc_call(pl, "placement.workers", NULL, NULL, 0, 2000, on_workers, c) < 0) {
         free(c);
         reconcile_finish(s);
+    }
+}
+
+/* ------------------------------------------------------------ the sweep
+ *
+ * A release can be lost: the frontend that held the environment died, or
+ * sent its release to a leader that died or stepped down before journaling
+ * it.  Such an environment would stay busy in the table for ever, holding
+ * concurrency.  Every SWEEP_MS the leader asks the workers of its busy
+ * environments what they are doing: one busy here but idle on its worker in
+ * two sweeps in a row (so for at least SWEEP_MS, far longer than the moment
+ * between a hand-out and the env.invoke that follows it) has no holder any
+ * more and becomes idle again; one its worker no longer has leaves the
+ * table.  Safe even if a holder turns up late: the worker runs one event
+ * at a time and answers a second with Busy (the frontend then acquires
+ * another environment), so no environment ever runs two invocations. */
+#define SWEEP_MS 5000
+
+typedef struct sweep_ctx {
+    asg_service_t *s;
+    uint64_t epoch;
+    char *worker_address;
+} sweep_ctx_t;
+
+static void on_sweep_list(const rpc_result_t *r, void *arg)
+{
+    sweep_ctx_t *c = arg;
+    asg_service_t *s = c->s;
+    if (!r->error && s->role == R_LEADER && s->epoch == c->epoch && !s->closing) {
+        json_t *listed = json_object();
+        size_t i;
+        json_t *e;
+        json_array_foreach(json_object_get(r->result, "envs"), i, e) {
+            const char *id = json_string_value(json_object_get(e, "env_id"));
+            const char *st = json_string_value(json_object_get(e, "state"));
+            if (id)
+                json_object_set_new(listed, id, json_string(st ? st : "?"));
+        }
+        int reclaimed = 0, gone = 0;
+        asg_env_t *env = asg_table_first(s->table);
+        while (env) {
+            asg_env_t *nx = env->next;
+            if (env->state == ASG_BUSY && !strcmp(env->worker_address, c->worker_address)) {
+                const char *st = json_string_value(json_object_get(listed, env->env_id));
+                ka_t *k = ka_get(s, env);
+                if (!st) {
+                    env_drop(s, env, false);
+                    gone++;
+                } else if (!strcmp(st, "idle") && ++k->idle_seen >= 2) {
+                    count_add(s, env->function, env->unreserved, -1);
+                    env->unreserved = false;
+                    char *id = xstrdup(env->env_id);
+                    jwrite(s, asg_rec_state(id, ASG_IDLE), NULL, NULL);
+                    asg_env_t *now = asg_table_get(s->table, id);
+                    if (now && now->state == ASG_IDLE)
+                        ka_arm(s, now);
+                    free(id);
+                    reclaimed++;
+                } else if (strcmp(st, "idle")) {
+                    k->idle_seen = 0;
+                }
+            }
+            env = nx;
+        }
+        if (reclaimed || gone)
+            log_info(ROLE, "sweep of %s: %d busy environment(s) without a holder made idle, %d gone "
+                     "from the worker dropped", c->worker_address, reclaimed, gone);
+        json_decref(listed);
+    }
+    free(c->worker_address);
+    free(c);
+}
+
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    asg_service_t *s = arg;
+    if (s->role == R_LEADER && !s->closing) {
+        json_t *asked = json_object(); /* one env.list per worker with busy envs */
+        for (asg_env_t *e = asg_table_first(s->table); e; e = e->next) {
+            if (e->state != ASG_BUSY || json_object_get(asked, e->worker_address))
+                continue;
+            json_object_set_new(asked, e->worker_address, json_true());
+            rpc_client_t *wc = worker_client(s, e->worker_address);
+            if (!wc)
+                continue;
+            sweep_ctx_t *c = xcalloc(1, sizeof *c);
+            c->s = s;
+            c->epoch = s->epoch;
+            c->worker_address = xstrdup(e->worker_address);
+            if (rpc_call(wc, "env.list", NULL, NULL, 0, 2000, on_sweep_list, c) < 0) {
+                free(c->worker_address);
+                free(c);
+            }
+        }
+        json_decref(asked);
+    }
+    if (!s->closing) {
+        struct timeval tv = {SWEEP_MS / 1000, (SWEEP_MS % 1000) * 1000};
+        evtimer_add(s->sweep_ev, &tv);
     }
 }
 
@@ -1660,6 +1808,12 @@ asg_service_t *asg_service_new(struct event_base *base, journal_t *j,
     }
     new_incarnation(s);
     s->lease_ev = evtimer_new(base, on_lease_check, s);
+    s->sweep_ev = evtimer_new(base, on_sweep, s);
+    s->reconcile_ev = evtimer_new(base, reconcile_ask_again, s);
+    {
+        struct timeval tv = {SWEEP_MS / 1000, (SWEEP_MS % 1000) * 1000};
+        evtimer_add(s->sweep_ev, &tv);
+    }
     s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (s->efd < 0) {
         err_sys(err, "eventfd");
@@ -1724,6 +1878,10 @@ void asg_service_free(asg_service_t *s)
         event_free(s->ev_efd);
     if (s->lease_ev)
         event_free(s->lease_ev);
+    if (s->sweep_ev)
+        event_free(s->sweep_ev);
+    if (s->reconcile_ev)
+        event_free(s->reconcile_ev);
     if (s->efd >= 0)
         close(s->efd);
     asg_table_free(s->table);

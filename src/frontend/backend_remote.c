@@ -345,7 +345,10 @@ static void on_invoke_reply(const rpc_result_t *res, void *arg)
                           "(%s: %s); retry the request", res->error, res->message ? res->message : "");
         r.body = owned;
         r.body_len = strlen(owned);
-        dead = true;
+        /* Busy: another request holds it (a release that was lost and
+         * reclaimed by the leader's sweep, then a late holder): the
+         * environment is fine, only not ours. */
+        dead = strcmp(res->error, "Busy") != 0;
     } else {
         const char *status = json_string_value(json_object_get(res->result, "status")) ?: "failed";
         r.status = !strcmp(status, "ok")               ? INVOKE_OK

@@ -200,7 +200,7 @@ static void on_invoke_done(const invoke_result_t *r, bool env_dead, void *arg)
         /* A stale environment (its worker restarted): the function never
          * saw the event, so get another environment and try again. */
         inv->redeliveries++;
-        inv->fe->backend->ops->release(inv->fe->backend, &inv->lease, true);
+        inv->fe->backend->ops->release(inv->fe->backend, &inv->lease, env_dead);
         inv->leased = false;
         inv->acquire = inv->fe->backend->ops->acquire(inv->fe->backend, inv->cfg,
                                                       store_total_reserved(inv->fe->store),
