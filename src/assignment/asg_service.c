@@ -132,6 +132,7 @@ struct asg_service {
     int efd;
     struct event *ev_efd;
 
+    uint64_t jt_last_reopen_ms; /* journal thread only: rate of reopening */
     /* journal thread only: the candidate id of this leadership attempt,
      * "ADDR#<16 hex>" (see new_incarnation) */
     char cand[128];            /* journal_leader_t.id holds 127 bytes */
@@ -275,6 +276,31 @@ static int jt_rec(const journal_record_t *rec, void *arg)
     return 0;
 }
 
+/* A journal handle that reports an earlier failed write or sync (the file
+ * journal poisons itself on ENOSPC/EIO: its state is unknown) is useless
+ * until reopened.  With the spec it was opened from, reopen it (at most
+ * once a second): once the disk has room again the replica recovers by
+ * itself.  Journal thread only.  Returns true when s->j was replaced. */
+static bool jt_reopen_if_broken(asg_service_t *s, const err_t *err)
+{
+    if (!s->o.journal_spec || err->code != EIO || !strstr(err->msg, "reopen"))
+        return false;
+    uint64_t now = now_mono_ms();
+    if (now - s->jt_last_reopen_ms < 1000)
+        return false;
+    s->jt_last_reopen_ms = now;
+    err_t e = {0};
+    journal_t *fresh = journal_open(s->o.journal_spec, &e);
+    if (!fresh) {
+        log_warn(ROLE, "%s: reopening the journal: %s", s->id, e.msg);
+        return false;
+    }
+    journal_close(s->j);
+    s->j = fresh;
+    log_info(ROLE, "%s: journal reopened after: %s", s->id, err->msg);
+    return true;
+}
+
 /* Reads records >= *next and posts them.  Returns 0, 1 when records were
  * compacted away past *next (the caller must reload), -1 on error. */
 static int jt_read(asg_service_t *s, uint64_t *next)
@@ -283,7 +309,8 @@ static int jt_read(asg_service_t *s, uint64_t *next)
     rd_t r = {s, *next};
     uint64_t first = 0;
     if (s->j->ops->read(s->j, *next, jt_rec, &r, &first, &err) < 0) {
-        log_warn(ROLE, "journal read: %s", err.msg);
+        if (!jt_reopen_if_broken(s, &err))
+            log_warn(ROLE, "journal read: %s", err.msg);
         return -1;
     }
     if (first > *next) { /* compacted past what we have: reload from the snapshot */
@@ -305,7 +332,8 @@ static int jt_load(asg_service_t *s, uint64_t *next)
         size_t len = 0;
         int r = s->j->ops->load_snapshot(s->j, &upto, &data, &len, &err);
         if (r < 0) {
-            log_warn(ROLE, "journal load_snapshot: %s", err.msg);
+            if (!jt_reopen_if_broken(s, &err))
+                log_warn(ROLE, "journal load_snapshot: %s", err.msg);
             return -1;
         }
         if (r == 1)
@@ -347,6 +375,7 @@ static void *jt_main(void *arg)
     const uint64_t lease = (uint64_t)s->o.lease_ms;
     while (!stopping(s)) {
         err_t err = {0};
+        j = s->j; /* jt_reopen_if_broken may have replaced it */
         if (need_load) {
             if (jt_load(s, &next) < 0) {
                 nap(200);
@@ -402,7 +431,10 @@ static void *jt_main(void *arg)
                     wait_ms = left < 100 ? (int)left + 1 : 100;
                 }
             } else {
-                log_warn(ROLE, "journal leader: %s", err.msg);
+                if (jt_reopen_if_broken(s, &err))
+                    need_load = true;
+                else
+                    log_warn(ROLE, "journal leader: %s", err.msg);
                 nap(100);
                 continue;
             }

@@ -47,6 +47,8 @@ typedef struct asg_service_opts {
     int keep_alive_ms;          /* idle envs destroyed after this (default 300000) */
     int account_concurrency;    /* default 1000 */
     int snapshot_every;         /* snapshot after this many records (default 1000) */
+    const char *journal_spec;   /* what j was opened from: a handle that failed a
+                                   write (disk full) is reopened from it; NULL: never */
 } asg_service_opts_t;
 
 /* Starts a replica on base: listens, starts the journal thread (which

@@ -87,6 +87,7 @@ int serve_assignment_main(int argc, char **argv)
         fprintf(stderr, "flicker serve assignment: journal: %s\n", err.msg);
         return 1;
     }
+    o.journal_spec = spec; /* a journal that failed a write is reopened from it */
     struct event_base *base = event_base_new();
     asg_service_t *s = asg_service_new(base, j, &o, &err);
     if (!s) {

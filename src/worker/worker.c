@@ -82,6 +82,7 @@ struct env {
     void *arg;
     invocation_t inv;
     struct evbuffer *tail;   /* current invocation's log (START .. REPORT) */
+    struct evbuffer *line;   /* output not yet ended by a newline (log_out) */
     uint64_t created_us;
     double init_ms;
     bool reported_init;
@@ -199,9 +200,46 @@ bool worker_env_id_valid(const char *id)
 
 /* ---------------------------------------------------------------- logs */
 
+#define LOG_LINE_MAX (256u << 10) /* a longer "line" is written as it comes */
+
+/* The function's log gets whole lines only: output arrives in arbitrary
+ * chunks (pipe reads, a microVM's LOG frames) and several environments of
+ * one function append to the same log, so a line written in two pieces
+ * would otherwise be spliced with another environment's output. */
+static void log_flush_line(env_t *env, bool all)
+{
+    struct evbuffer *b = env->line;
+    size_t have = evbuffer_get_length(b);
+    if (!have)
+        return;
+    size_t upto = have;
+    if (!all && have <= LOG_LINE_MAX) {
+        struct evbuffer_ptr nl = evbuffer_search_eol(b, NULL, NULL, EVBUFFER_EOL_LF);
+        if (nl.pos < 0)
+            return;
+        /* the last newline: search backwards is not offered; scan forward */
+        struct evbuffer_ptr last = nl;
+        for (;;) {
+            struct evbuffer_ptr from = last;
+            if (evbuffer_ptr_set(b, &from, 1, EVBUFFER_PTR_ADD) < 0)
+                break;
+            struct evbuffer_ptr next = evbuffer_search_eol(b, &from, NULL, EVBUFFER_EOL_LF);
+            if (next.pos < 0)
+                break;
+            last = next;
+        }
+        upto = (size_t)last.pos + 1;
+    }
+    const char *p = (const char *)evbuffer_pullup(b, (ssize_t)upto);
+    fnlog_append(env->w->cfg.logs, env->cfg->name, p, upto);
+    evbuffer_drain(b, upto);
+}
+
 static void log_out(env_t *env, const char *data, size_t len)
 {
-    fnlog_append(env->w->cfg.logs, env->cfg->name, data, len);
+    evbuffer_add(env->line, data, len);
+    if (memchr(data, '\n', len) || evbuffer_get_length(env->line) > LOG_LINE_MAX)
+        log_flush_line(env, false);
     if (env->inv.active || env->state == ENV_STARTING) {
         evbuffer_add(env->tail, data, len);
         size_t have = evbuffer_get_length(env->tail);
@@ -723,6 +761,8 @@ static void teardown(env_t *env)
     unlink_env(env);
     log_debug("worker", "env %s (%s:%s) gone after %d invocations", env->id, env->cfg->name,
               env->cfg->version, env->invocations);
+    log_flush_line(env, true);
+    evbuffer_free(env->line);
     evbuffer_free(env->tail);
     free(env->init_error);
     fn_config_free(env->cfg);
@@ -900,6 +940,7 @@ static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, en
     }
     snprintf(env->log_stream, sizeof env->log_stream, "%s/[%s]%s", day, cfg->version, env->id);
     env->tail = evbuffer_new();
+    env->line = evbuffer_new();
 
     strvec_t argv = {0}, envp = {0};
     char *execution_env = NULL;
@@ -918,6 +959,7 @@ static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, en
             sv_free(&envp);
             err_set(err, ENOENT, "Couldn't find valid bootstrap(s): [/var/task/bootstrap /opt/bootstrap]");
             evbuffer_free(env->tail);
+            evbuffer_free(env->line);
             fn_config_free(env->cfg);
             free(env);
             return NULL;
@@ -971,6 +1013,7 @@ static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, en
     sv_free(&envp);
     if (rc < 0) {
         evbuffer_free(env->tail);
+        evbuffer_free(env->line);
         fn_config_free(env->cfg);
         free(env);
         return NULL;
@@ -991,6 +1034,7 @@ static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, en
         evhttp_free(env->api);
         env->iso->destroy(env->sb, NULL);
         evbuffer_free(env->tail);
+        evbuffer_free(env->line);
         fn_config_free(env->cfg);
         free(env);
         return NULL;
