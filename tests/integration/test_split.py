@@ -262,15 +262,20 @@ def test_leases_of_a_killed_frontend_are_reclaimed(spawn):
     create_function(c, name, "py_echo")
     import concurrent.futures as cf
 
-    def slow(_):
+    markers = [uuid.uuid4().hex for _ in range(3)]
+
+    def slow(i):
         try:
-            return do_invoke(srv.client(read_timeout=60), name, {"sleep": 2}).status
+            return do_invoke(srv.client(read_timeout=60), name,
+                             {"sleep": 3, "marker": markers[i]}).status
         except Exception as e:  # the frontend dies under them
             return type(e).__name__
     with cf.ThreadPoolExecutor(3) as pool:
         futs = [pool.submit(slow, i) for i in range(3)]
-        wait_for(lambda: (lambda d: d if d["assignment"].get("in_flight") == 3 else None)(status(srv)),
-                 timeout=30 * SLOW, what="three invocations in flight")
+        # all three running in their environments (not still starting: a
+        # cold start whose requester is gone is kept idle by the leader)
+        wait_for(lambda: all(f"STARTED {m}" in srv.logs(name)[0] for m in markers),
+                 timeout=60 * SLOW, what="three invocations running")
         os.kill(role_pids(srv)["frontend"], signal.SIGKILL)
         [f.result() for f in futs]
     wait_for(lambda: srv.health() == 200, what="the frontend to be restarted")
