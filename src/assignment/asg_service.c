@@ -1292,6 +1292,21 @@ static void reconcile_finish(asg_service_t *s)
     become_leader_serving(s);
 }
 
+/* An env.list answer as {env_id: state} (reconciliation and the sweep). */
+static json_t *env_states(const rpc_result_t *r)
+{
+    json_t *m = json_object();
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(r->result, "envs"), i, e) {
+        const char *id = json_string_value(json_object_get(e, "env_id"));
+        const char *st = json_string_value(json_object_get(e, "state"));
+        if (id)
+            json_object_set_new(m, id, json_string(st ? st : "?"));
+    }
+    return m;
+}
+
 typedef struct rec_ctx {
     asg_service_t *s;
     uint64_t epoch;
@@ -1306,16 +1321,7 @@ static void on_env_list(const rpc_result_t *r, void *arg)
         if (r->error) {
             log_warn(ROLE, "reconcile: env.list on %s: %s: %s", c->wid, r->error, r->message);
         } else {
-            json_t *m = json_object();
-            size_t i;
-            json_t *e;
-            json_array_foreach(json_object_get(r->result, "envs"), i, e) {
-                const char *id = json_string_value(json_object_get(e, "env_id"));
-                const char *st = json_string_value(json_object_get(e, "state"));
-                if (id)
-                    json_object_set_new(m, id, json_string(st ? st : "?"));
-            }
-            json_object_set_new(s->reconcile_seen, c->wid, m);
+            json_object_set_new(s->reconcile_seen, c->wid, env_states(r));
         }
         if (--s->reconcile_pending == 0)
             reconcile_finish(s);
@@ -1438,15 +1444,7 @@ static void on_sweep_list(const rpc_result_t *r, void *arg)
     sweep_ctx_t *c = arg;
     asg_service_t *s = c->s;
     if (!r->error && s->role == R_LEADER && s->epoch == c->epoch && !s->closing) {
-        json_t *listed = json_object();
-        size_t i;
-        json_t *e;
-        json_array_foreach(json_object_get(r->result, "envs"), i, e) {
-            const char *id = json_string_value(json_object_get(e, "env_id"));
-            const char *st = json_string_value(json_object_get(e, "state"));
-            if (id)
-                json_object_set_new(listed, id, json_string(st ? st : "?"));
-        }
+        json_t *listed = env_states(r);
         int reclaimed = 0, gone = 0;
         asg_env_t *env = asg_table_first(s->table);
         while (env) {
