@@ -39,6 +39,12 @@ typedef struct reservation {
     uint64_t at;                        /* the pick's `now` */
 } reservation_t;
 
+typedef struct gone {
+    char env_id[FLEET_ENV_ID_MAX];
+    int memory_mb;
+    uint64_t at;                        /* when fleet_env_gone heard of it */
+} gone_t;
+
 struct fleet_worker {
     char id[FLEET_ID_MAX];
     char address[FLEET_ADDR_MAX];
@@ -55,6 +61,8 @@ struct fleet_worker {
     int n_rep;
     reservation_t *res;                 /* pending picks */
     int n_res, reserved_mb;
+    gone_t *gone;                       /* removed, maybe still in a report in flight */
+    int n_gone;
 };
 
 struct fleet {
@@ -133,6 +141,9 @@ static void worker_clear_envs(fleet_worker_t *w)
     free(w->res);
     w->res = NULL;
     w->n_res = w->reserved_mb = 0;
+    free(w->gone);
+    w->gone = NULL;
+    w->n_gone = 0;
 }
 
 static void fw_free(fleet_worker_t *w)
@@ -198,6 +209,14 @@ int fleet_worker_environments(const fleet_worker_t *w, const char *function)
         if (!find_fn(w, w->rep[i].name))
             total += w->rep[i].count;
     return total;
+}
+
+static int gone_find(const fleet_worker_t *w, const char *env_id)
+{
+    for (int i = 0; i < w->n_gone; i++)
+        if (strcmp(w->gone[i].env_id, env_id) == 0)
+            return i;
+    return -1;
 }
 
 static void res_drop(fleet_worker_t *w, int i)
@@ -380,13 +399,30 @@ int fleet_heartbeat(fleet_t *f, const char *id, uint64_t now, const fleet_load_t
         /* the worker's own list replaces what it said before and confirms
          * the reservations it names */
         fns_clear(&w->rep, &w->n_rep);
+        bool *listed = w->n_gone ? xcalloc((size_t)w->n_gone, sizeof *listed) : NULL;
         for (int i = 0; i < load->n_envs; i++) {
             const fleet_env_report_t *e = &load->envs[i];
+            int g = gone_find(w, e->env_id);
+            if (g >= 0) { /* removed after the worker wrote this report */
+                listed[g] = true;
+                w->reported_mb -= e->memory_mb;
+                w->reported_envs--;
+                continue;
+            }
             fn_add(&w->rep, &w->n_rep, e->function, e->memory_mb);
             int r = res_find(w, e->env_id);
             if (r >= 0)
                 res_drop(w, r);
         }
+        if (w->reported_mb < 0)
+            w->reported_mb = 0;
+        if (w->reported_envs < 0)
+            w->reported_envs = 0;
+        /* a report that no longer lists a gone env has seen it go */
+        for (int g = w->n_gone - 1; g >= 0; g--)
+            if (!listed[g])
+                w->gone[g] = w->gone[--w->n_gone];
+        free(listed);
     }
     return (int)w->state;
 }
@@ -409,6 +445,9 @@ int fleet_tick(fleet_t *f, uint64_t now)
         for (int r = w->n_res - 1; r >= 0; r--) /* never confirmed: the creator gave up */
             if (age(now, w->res[r].at) > c->heartbeat_timeout_ms)
                 res_drop(w, r);
+        for (int g = w->n_gone - 1; g >= 0; g--) /* still listed that long: not gone after all */
+            if (age(now, w->gone[g].at) > c->heartbeat_timeout_ms)
+                w->gone[g] = w->gone[--w->n_gone];
         if (age(now, w->last_seen) > c->heartbeat_timeout_ms) {
             set_state(f, w, FLEET_LOST, now, "missed heartbeats");
             continue;
@@ -594,14 +633,45 @@ int fleet_env_unreserve(fleet_t *f, const char *id, const char *env_id, err_t *e
 {
     if (!env_id || !*env_id)
         return err_set(err, EINVAL, "fleet: unreserve needs an env_id");
+    return fleet_env_gone(f, id, env_id, NULL, 0, 0, err);
+}
+
+int fleet_env_gone(fleet_t *f, const char *id, const char *env_id, const char *function,
+                   int memory_mb, uint64_t now, err_t *err)
+{
+    if (!env_id || !*env_id || strlen(env_id) >= FLEET_ENV_ID_MAX)
+        return err_set(err, EINVAL, "fleet: env_gone needs an env_id (< %d characters)",
+                       FLEET_ENV_ID_MAX);
     fleet_worker_t *w = find(f, id);
     if (!w)
         return err_set(err, ENOENT, "fleet: unknown worker %s", id ? id : "(null)");
     int r = res_find(w, env_id);
-    if (r < 0)
+    if (r >= 0) {
+        res_drop(w, r);
+        return 1;
+    }
+    if (w->state == FLEET_LOST || w->state == FLEET_RETIRED || !function || memory_mb < 1 ||
+        gone_find(w, env_id) >= 0)
         return 0;
-    res_drop(w, r);
-    return 1;
+    /* Counted from the last report: take it out now, and out of the
+     * reports that may still list it until one does not. */
+    fn_count_t *fc = fn_in(w->rep, w->n_rep, function);
+    if (fc && fc->count > 0) {
+        fc->count--;
+        fc->memory_mb -= memory_mb;
+        if (fc->memory_mb < 0)
+            fc->memory_mb = 0;
+    }
+    w->reported_mb = w->reported_mb > memory_mb ? w->reported_mb - memory_mb : 0;
+    if (w->reported_envs > 0)
+        w->reported_envs--;
+    w->gone = xrealloc(w->gone, (size_t)(w->n_gone + 1) * sizeof *w->gone);
+    gone_t *g = &w->gone[w->n_gone++];
+    memset(g, 0, sizeof *g);
+    strcpy(g->env_id, env_id);
+    g->memory_mb = memory_mb;
+    g->at = now;
+    return 0;
 }
 
 typedef struct totals {

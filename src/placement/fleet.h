@@ -253,6 +253,17 @@ int fleet_env_reserve(fleet_t *f, const char *id, const char *env_id, const char
  * there was none (already confirmed by a heartbeat, expired, or the worker
  * is LOST/RETIRED), -1 with err ENOENT for an unknown worker or EINVAL. */
 int fleet_env_unreserve(fleet_t *f, const char *id, const char *env_id, err_t *err);
+/* Environment env_id (of `function`, memory_mb) left worker `id` - never
+ * created, destroyed, or dead - as its creator says.  A pending
+ * reservation of it is dropped (returns 1).  Otherwise, given its function
+ * and memory, it stops counting at once: out of the last report's counts
+ * and memory, and out of later reports that still list it (one written
+ * before it went) until a report does not, or heartbeat_timeout_ms passes.
+ * Returns 0 then (also when there was nothing to do: LOST/RETIRED worker,
+ * already gone, no function given); -1 with err ENOENT (unknown worker) or
+ * EINVAL (bad env_id). */
+int fleet_env_gone(fleet_t *f, const char *id, const char *env_id, const char *function,
+                   int memory_mb, uint64_t now, err_t *err);
 
 /* Advises the fleet size.  The fleet keeps a target (initially
  * min_workers, never below the ACTIVE count, clamped to [min, max]).

@@ -17,8 +17,10 @@
  * environment on the worker it picked (fleet_env_reserve), and every
  * heartbeat's `envs` list replaces what placement counted on that worker
  * and confirms the reservations it names.  `placement.env_removed
- * {worker_id, env_id}` drops a reservation whose environment was not
- * created.  The explicit `placement.env_added/env_removed {worker_id,
+ * {worker_id, env_id[, function, memory_mb]}` says an environment left
+ * (never created, destroyed or dead): its reservation is dropped, or it
+ * stops counting at once instead of at the next heartbeat (fleet_env_gone).
+ * The explicit `placement.env_added/env_removed {worker_id,
  * function, memory_mb}` pair still works (fleet_env_added/removed). 
  *
  * Invariants: see placement_service.h; in addition every list node belongs
@@ -292,8 +294,11 @@ static void m_env(placement_service_t *ps, rpc_call_t *call, json_t *params, boo
         worker_id = json_string_value(json_object_get(params, "worker_id"));
         if (!worker_id)
             return INVALID(call, "placement.env_removed wants {worker_id, env_id}");
+        const char *fn = json_string_value(json_object_get(params, "function"));
+        json_int_t mem = json_integer_value(json_object_get(params, "memory_mb"));
         err_t err = {0};
-        int rc = fleet_env_unreserve(ps->fleet, worker_id, env_id, &err);
+        int rc = fleet_env_gone(ps->fleet, worker_id, env_id, fn,
+                                mem > 0 && mem <= INT32_MAX ? (int)mem : 0, now_wall_ms(), &err);
         if (rc < 0)
             return reply_fleet_error(call, &err);
         json_t *r = json_pack("{s:b}", "reserved", rc == 1);

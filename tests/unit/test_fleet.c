@@ -766,6 +766,53 @@ static void test_reservation_expiry_unreserve_and_loss(void)
     fleet_free(f);
 }
 
+/* An environment that leaves (retired, dead) stops counting at once, not a
+ * heartbeat later; a report written before it went does not bring it
+ * back, and one that still lists it after heartbeat_timeout_ms does. */
+static void test_env_gone_counts_at_once(void)
+{
+    fleet_t *f = new_fleet();
+    reg(f, "w1", "a", 1024, T0);
+    CHECK(beat_envs(f, "w1", T0 + 100, 3, (const char *[]){"e1", "e2", "e3"},
+                    (const char *[]){"fn", "fn", "g"}) == FLEET_ACTIVE);
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "fn") == 2);
+    CHECK(fleet_worker_free_mb(fleet_get(f, "w1")) == 1024 - 3 * 128);
+    CHECK(fleet_env_gone(f, "w1", "e1", "fn", 128, T0 + 150, NULL) == 0);
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "fn") == 1);
+    CHECK(fleet_worker_free_mb(fleet_get(f, "w1")) == 1024 - 2 * 128);
+    CHECK(fleet_env_gone(f, "w1", "e1", "fn", 128, T0 + 160, NULL) == 0); /* told twice: once */
+    CHECK(fleet_worker_free_mb(fleet_get(f, "w1")) == 1024 - 2 * 128);
+    /* the next report was written before e1 went: it still lists it */
+    CHECK(beat_envs(f, "w1", T0 + 200, 3, (const char *[]){"e1", "e2", "e3"},
+                    (const char *[]){"fn", "fn", "g"}) == FLEET_ACTIVE);
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "fn") == 1);
+    CHECK(fleet_worker_free_mb(fleet_get(f, "w1")) == 1024 - 2 * 128);
+    /* then one without it; a new env named e1 later counts again */
+    CHECK(beat_envs(f, "w1", T0 + 300, 2, (const char *[]){"e2", "e3"},
+                    (const char *[]){"fn", "g"}) == FLEET_ACTIVE);
+    CHECK(beat_envs(f, "w1", T0 + 400, 3, (const char *[]){"e1", "e2", "e3"},
+                    (const char *[]){"fn", "fn", "g"}) == FLEET_ACTIVE);
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "fn") == 2);
+    /* gone but never leaving the reports: counted again after the timeout (1 s) */
+    CHECK(fleet_env_gone(f, "w1", "e3", "g", 128, T0 + 500, NULL) == 0);
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "g") == 0);
+    beat_envs(f, "w1", T0 + 1000, 3, (const char *[]){"e1", "e2", "e3"},
+              (const char *[]){"fn", "fn", "g"});
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "g") == 0);
+    fleet_tick(f, T0 + 1600);
+    beat_envs(f, "w1", T0 + 1700, 3, (const char *[]){"e1", "e2", "e3"},
+              (const char *[]){"fn", "fn", "g"});
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "g") == 1);
+    /* a pending reservation is simply dropped */
+    CHECK(fleet_env_reserve(f, "w1", "e9", "fn", 128, T0 + 1700, NULL) == 0);
+    CHECK(fleet_env_gone(f, "w1", "e9", "fn", 128, T0 + 1710, NULL) == 1);
+    CHECK(fleet_worker_environments(fleet_get(f, "w1"), "fn") == 2);
+    err_t err = {0};
+    CHECK(fleet_env_gone(f, "nope", "e1", "fn", 128, T0, &err) == -1 && err.code == ENOENT);
+    CHECK(fleet_env_gone(f, "w1", "", "fn", 128, T0, &err) == -1 && err.code == EINVAL);
+    fleet_free(f);
+}
+
 int main(void)
 {
     RUN(test_register_grants_lease);
@@ -794,5 +841,6 @@ int main(void)
     RUN(test_reservations_spread_concurrent_picks);
     RUN(test_heartbeat_report_confirms_and_replaces);
     RUN(test_reservation_expiry_unreserve_and_loss);
+    RUN(test_env_gone_counts_at_once);
     CHECK_EXIT();
 }
