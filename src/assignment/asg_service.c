@@ -20,7 +20,13 @@
  * As leader it changes the table through jwrite(): apply locally at once
  * (so a concurrent acquire cannot take the same env), queue the append,
  * and run the continuation when the append's fate is known - only then is
- * a reply sent.  The lease is also checked by the loop itself against
+ * a reply sent.  Except the idle<->busy changes of warm invokes (hand-out,
+ * release): set_state_lazily applies them and replies at once, and
+ * on_flush journals, every STATE_FLUSH_MS, the states that differ from the
+ * last journaled one; a takeover recovers what was lost from the workers'
+ * own states (reconciliation), the workers refuse a second invocation on
+ * a busy environment, and lease tokens tell a late release apart (see
+ * acq_hand_out, do_release, docs/assignment.md).  The lease is also checked by the loop itself against
  * lease_until (set by the journal thread from the time *before* the
  * campaign/renew request left, plus lease_ms; the journal grants at least
  * that), so a leader whose journal thread is stuck stops serving in time;
@@ -31,7 +37,9 @@
  * Cold starts make the env_id before placement.pick, which reserves room
  * for it (placement's per-function counts see it before any heartbeat); an
  * acquisition that ends without its environment created gives that back
- * (placement_unreserve -> placement.env_removed {worker_id, env_id}).
+ * (placement_env_gone -> placement.env_removed {worker_id, env_id, ...}),
+ * and so does every environment the leader drops (env_drop), so placement's
+ * committed memory follows retirements at once, not a heartbeat later.
  *
  * Volatile leader state (not journaled): in-flight counters for
  * throttling, per-env `unreserved` and `stale` marks, keep-alive timers,
@@ -52,6 +60,8 @@
 #include "store/store.h"
 
 #define ROLE "assignment"
+/* Idle<->busy changes reach the journal within this (set_state_lazily). */
+#define STATE_FLUSH_MS 50
 
 /* ------------------------------------------------------------ shared state */
 
@@ -141,6 +151,8 @@ struct asg_service {
     struct event *lease_ev;    /* steps down when the lease runs out by our clock */
     struct event *sweep_ev;    /* leader: reclaims environments whose holder is gone */
     struct event *reconcile_ev; /* takeover: asks placement for its workers again */
+    struct event *flush_ev;    /* leader: journals states changed lazily (STATE_FLUSH_MS) */
+    bool flush_armed;
     uint64_t sweep_epoch;      /* epoch of the sweep's outstanding env.list calls */
     asg_table_t *table;
     enum role role;
@@ -150,6 +162,7 @@ struct asg_service {
                                   the next, even in the same term (a resumed lease) */
     pending_t *p_head, *p_tail;
     uint64_t next_seq;
+    uint32_t lease_seq;        /* hand-outs in this term (lease tokens) */
     uint64_t applied;          /* index of the last record in the table */
     int since_snap;
     bool snap_inflight;
@@ -648,23 +661,12 @@ static void counts_clear(asg_service_t *s)
     s->in_flight = s->unreserved_in_flight = 0;
 }
 
-/* Journals rec (stolen) after applying it locally; cb runs from the loop
- * once the append succeeded (ok) or failed/was abandoned (!ok).  When the
- * service is closing, or is a follower, nothing is applied and cb runs at
- * once with !ok: the table of a follower changes only through the journal
- * (so a leader that resumes its term after a lapse, or a new one, has
- * exactly the journal's table). */
-static void jwrite(asg_service_t *s, json_t *rec, jdone_fn cb, void *arg)
+static void note_logged(asg_service_t *s, const char *env_id);
+
+/* Queues rec's text for the journal thread; cb runs from the loop once the
+ * append succeeded (ok) or failed/was abandoned (!ok). */
+static void jqueue(asg_service_t *s, json_t *rec, jdone_fn cb, void *arg)
 {
-    err_t err = {0};
-    if (s->closing || s->role == R_FOLLOWER) {
-        json_decref(rec);
-        if (cb)
-            cb(s, false, arg);
-        return;
-    }
-    if (asg_table_apply(s->table, rec, &err) < 0)
-        log_error(ROLE, "own record rejected: %s", err.msg);
     jreq_t *q = xcalloc(1, sizeof *q);
     q->seq = ++s->next_seq;
     q->data = json_dumps(rec, JSON_COMPACT);
@@ -689,6 +691,47 @@ static void jwrite(asg_service_t *s, json_t *rec, jdone_fn cb, void *arg)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Journals rec (stolen) after applying it locally; cb runs from the loop
+ * once the append succeeded (ok) or failed/was abandoned (!ok).  When the
+ * service is closing, or is a follower, nothing is applied and cb runs at
+ * once with !ok: the table of a follower changes only through the journal
+ * (so a leader that resumes its term after a lapse, or a new one, has
+ * exactly the journal's table). */
+static void jwrite(asg_service_t *s, json_t *rec, jdone_fn cb, void *arg)
+{
+    err_t err = {0};
+    if (s->closing || s->role == R_FOLLOWER) {
+        json_decref(rec);
+        if (cb)
+            cb(s, false, arg);
+        return;
+    }
+    if (asg_table_apply(s->table, rec, &err) < 0)
+        log_error(ROLE, "own record rejected: %s", err.msg);
+    note_logged(s, json_string_value(json_object_get(rec, "env_id")));
+    jqueue(s, rec, cb, arg);
+}
+
+static void arm_flush(asg_service_t *s);
+
+/* Changes env's state between idle and busy at once and journals it
+ * lazily: within STATE_FLUSH_MS, only if it still differs from what was
+ * last journaled (a busy-then-idle-again environment writes nothing).
+ * The hot path of a warm invoke (hand-out, release) so goes without a
+ * journal append; what that costs at a failover is covered by
+ * reconciliation (see acq_hand_out). */
+static void set_state_lazily(asg_service_t *s, asg_env_t *e, enum asg_state st)
+{
+    if (s->closing || s->role == R_FOLLOWER)
+        return;
+    json_t *rec = asg_rec_state(e->env_id, st);
+    err_t err = {0};
+    if (asg_table_apply(s->table, rec, &err) < 0)
+        log_error(ROLE, "own record rejected: %s", err.msg);
+    json_decref(rec);
+    arm_flush(s);
+}
+
 static rpc_client_t *worker_client(asg_service_t *s, const char *addr);
 
 static void fire_and_forget(const rpc_result_t *r, void *arg)
@@ -696,6 +739,9 @@ static void fire_and_forget(const rpc_result_t *r, void *arg)
     if (r->error && strcmp(r->error, RPC_CANCELLED))
         log_warn(ROLE, "%s failed: %s: %s", (const char *)arg, r->error, r->message);
 }
+
+static void placement_env_gone(asg_service_t *s, const char *worker_id, const char *env_id,
+                               const char *function, int memory_mb);
 
 static void worker_destroy(asg_service_t *s, const char *addr, const char *env_id)
 {
@@ -717,6 +763,7 @@ static void env_drop(asg_service_t *s, asg_env_t *e, bool destroy)
         count_add(s, e->function, e->unreserved, -1);
     if (destroy)
         worker_destroy(s, e->worker_address, e->env_id);
+    placement_env_gone(s, e->worker_id, e->env_id, e->function, e->memory_mb);
     jwrite(s, asg_rec_remove(e->env_id), NULL, NULL);
 }
 
@@ -726,6 +773,10 @@ typedef struct ka {
     asg_env_t *e;
     struct event *ev;
     int idle_seen;           /* sweeps in a row that found it busy here, idle on its worker */
+    enum asg_state logged;   /* its state as last written to the journal (leader) */
+    int64_t lease;           /* busy: its holder's lease token; 0: holder unknown
+                                (handed out by an earlier leader, or another request
+                                runs in it), any release is taken */
 } ka_t;
 
 static void ka_fire(evutil_socket_t fd, short what, void *arg)
@@ -773,6 +824,42 @@ static ka_t *ka_get(asg_service_t *s, asg_env_t *e)
         e->aux = k;
     }
     return e->aux;
+}
+
+static void note_logged(asg_service_t *s, const char *env_id)
+{
+    asg_env_t *e = env_id ? asg_table_get(s->table, env_id) : NULL;
+    if (e)
+        ka_get(s, e)->logged = e->state;
+}
+
+/* Journals the states set_state_lazily changed since the last flush. */
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    asg_service_t *s = arg;
+    s->flush_armed = false;
+    if (s->role != R_LEADER || s->closing)
+        return;
+    int n = 0;
+    for (asg_env_t *e = asg_table_first(s->table); e; e = e->next) {
+        ka_t *k = ka_get(s, e);
+        if (k->logged != e->state && (e->state == ASG_IDLE || e->state == ASG_BUSY)) {
+            k->logged = e->state;
+            jqueue(s, asg_rec_state(e->env_id, e->state), NULL, NULL);
+            n++;
+        }
+    }
+    if (n)
+        log_debug(ROLE, "journaled %d state change(s)", n);
+}
+
+static void arm_flush(asg_service_t *s)
+{
+    if (s->flush_armed)
+        return;
+    s->flush_armed = true;
+    struct timeval tv = {0, STATE_FLUSH_MS * 1000};
+    evtimer_add(s->flush_ev, &tv);
 }
 
 static void on_env_removed(asg_env_t *e, void *arg)
@@ -864,17 +951,21 @@ static void placement_failed(asg_service_t *s, const char *error)
     }
 }
 
-/* Tells placement that env_id, for which a pick reserved room on
- * worker_id, was not created (fire and forget: an unreleased reservation
- * only lasts until placement's heartbeat timeout). */
-static void placement_unreserve(asg_service_t *s, const char *worker_id, const char *env_id)
+/* Tells placement that env_id (of `function`, memory_mb) left worker_id:
+ * never created (the pick's reservation is given back), destroyed or dead
+ * (it stops counting before the worker's next heartbeat says so).  Fire
+ * and forget: a lost notice only lasts until that heartbeat, or for a
+ * reservation placement's heartbeat timeout. */
+static void placement_env_gone(asg_service_t *s, const char *worker_id, const char *env_id,
+                               const char *function, int memory_mb)
 {
     if (s->closing || !worker_id || !env_id)
         return;
     rpc_client_t *pl = placement_client(s);
     if (!pl)
         return;
-    json_t *p = json_pack("{s:s,s:s}", "worker_id", worker_id, "env_id", env_id);
+    json_t *p = json_pack("{s:s,s:s,s:s,s:i}", "worker_id", worker_id, "env_id", env_id,
+                          "function", function ? function : "", "memory_mb", memory_mb);
     rpc_call(pl, "placement.env_removed", p, NULL, 0, 5000, fire_and_forget, "placement.env_removed");
     json_decref(p);
 }
@@ -919,7 +1010,6 @@ static bool acq_current(acq_t *a)
     return a->s->role == R_LEADER && a->s->epoch == a->epoch && !a->s->closing;
 }
 
-static void placement_unreserve(asg_service_t *s, const char *worker_id, const char *env_id);
 
 /* Replies with an error and frees a (the in-flight count is given back; a
  * placement reservation for an environment that was not created is
@@ -930,7 +1020,7 @@ static void acq_fail(acq_t *a, const char *code, const char *msg, json_t *extra,
     if (a->counted)
         count_add(a->s, a->fn, a->unreserved, -1);
     if (a->placed && !a->created)
-        placement_unreserve(a->s, a->worker_id, a->env_id);
+        placement_env_gone(a->s, a->worker_id, a->env_id, a->fn, a->memory_mb);
     if (!strcmp(code, "NotLeader"))
         reply_not_leader(a->s, a->call);
     else
@@ -938,34 +1028,38 @@ static void acq_fail(acq_t *a, const char *code, const char *msg, json_t *extra,
     acq_free(a);
 }
 
-static void acq_reply_ok(acq_t *a, bool cold)
+static void acq_reply_ok(acq_t *a, bool cold, int64_t lease)
 {
-    json_t *r = json_pack("{s:s,s:s,s:s,s:b}", "env_id", a->env_id, "worker_id", a->worker_id,
-                          "worker_address", a->worker_addr, "cold", cold);
+    json_t *r = json_pack("{s:s,s:s,s:s,s:b,s:I}", "env_id", a->env_id, "worker_id", a->worker_id,
+                          "worker_address", a->worker_addr, "cold", cold, "lease", (json_int_t)lease);
     rpc_reply(a->call, r, NULL, 0);
     json_decref(r);
     acq_free(a);
 }
 
-/* `state busy` journaled: hand the env out (if still leader with a live lease). */
-static void acq_busy_done(asg_service_t *s, bool ok, void *arg)
+/* Hands env_id out: `state busy` is applied at once and queued for the
+ * journal, and the reply goes without waiting for it to be durable (an
+ * fdatasync, the largest cost of a warm invoke otherwise).  Safe because a
+ * busy state that never reached the journal is only ever lost together
+ * with this leadership, and the next leader learns it back: reconciliation
+ * marks environments busy that their worker says are busy, and a worker
+ * refuses a second invocation on a busy environment (the frontend then
+ * asks again), so no environment ever runs two requests at once.  Answers
+ * NotLeader instead when this replica no longer serves (lease ran out). */
+static void acq_hand_out(acq_t *a)
 {
-    acq_t *a = arg;
+    asg_service_t *s = a->s;
     asg_env_t *e = asg_table_get(s->table, a->env_id);
-    if (!ok || !acq_current(a) || !serving(s) || !e || e->state != ASG_BUSY) {
-        if (e && e->state == ASG_BUSY && acq_current(a)) {
-            /* journaled busy but not handed out: make it idle again */
-            count_add(s, a->fn, a->unreserved, -1);
-            a->counted = false;
-            e->unreserved = false;
-            jwrite(s, asg_rec_state(e->env_id, ASG_IDLE), NULL, NULL);
-            if ((e = asg_table_get(s->table, a->env_id)) && e->state == ASG_IDLE)
-                ka_arm(s, e);
-        }
+    if (!acq_current(a) || !serving(s) || !e) {
         acq_fail(a, "NotLeader", "", NULL, NULL, 0);
         return;
     }
-    acq_reply_ok(a, a->cold);
+    e->unreserved = a->unreserved;
+    set_state_lazily(s, e, ASG_BUSY);
+    /* a token unique over terms: the term, and the hand-out within it */
+    int64_t token = (int64_t)((s->term & 0x7fffffffu) << 32 | ++s->lease_seq);
+    ka_get(s, e)->lease = token;
+    acq_reply_ok(a, a->cold, token);
 }
 
 /* The failed env's `remove` is journaled: now send the stored error. */
@@ -1024,8 +1118,7 @@ static void on_created(const rpc_result_t *r, void *arg)
     a->created = !r->error;
     if (!r->error && e) {
         if (rpc_call_alive(a->call)) {
-            e->unreserved = a->unreserved;
-            jwrite(s, asg_rec_state(a->env_id, ASG_BUSY), acq_busy_done, a);
+            acq_hand_out(a);
         } else { /* the requester went away: keep the new env warm */
             count_add(s, a->fn, a->unreserved, -1);
             a->counted = false;
@@ -1153,11 +1246,10 @@ static void do_acquire(asg_service_t *s, rpc_call_t *call, json_t *params)
     asg_env_t *e = asg_table_idle_for(s->table, a->key);
     if (e) { /* warm */
         ka_disarm(e);
-        e->unreserved = a->unreserved;
         a->env_id = xstrdup(e->env_id);
         a->worker_id = xstrdup(e->worker_id);
         a->worker_addr = xstrdup(e->worker_address);
-        jwrite(s, asg_rec_state(e->env_id, ASG_BUSY), acq_busy_done, a);
+        acq_hand_out(a);
         return;
     }
     /* cold: the id is made now so that placement can reserve room for it
@@ -1177,32 +1269,47 @@ static void do_acquire(asg_service_t *s, rpc_call_t *call, json_t *params)
 
 /* -------------------------------------------------------- release, retire */
 
-static void reply_empty_done(asg_service_t *s, bool ok, void *arg)
-{
-    rpc_call_t *call = arg;
-    if (!ok)
-        reply_not_leader(s, call);
-    else
-        rpc_reply(call, NULL, NULL, 0);
-}
-
+/* asg.release {env_id, lease, dead, not_ours}: the holder is done with
+ * env_id.  Only the current holder's release counts: one whose lease token
+ * is not the environment's (a late release from before a failover or a
+ * reclaim) is answered {"stale": true} and changes nothing; a release
+ * without a token (0) is taken, as is any while the holder is unknown.
+ * dead: the environment goes (destroyed, its removal journaled).  not_ours: its worker said another request runs in it, so it
+ * stays busy with its holder unknown, until that one's release or the
+ * sweep.  Else it is idle again (journaled lazily). */
 static void do_release(asg_service_t *s, rpc_call_t *call, json_t *params)
 {
     const char *id = json_string_value(json_object_get(params, "env_id"));
     bool dead = json_is_true(json_object_get(params, "dead"));
+    bool not_ours = json_is_true(json_object_get(params, "not_ours"));
+    int64_t token = (int64_t)json_integer_value(json_object_get(params, "lease"));
     asg_env_t *e = id ? asg_table_get(s->table, id) : NULL;
     if (!e || e->state != ASG_BUSY) { /* unknown (failover) or not handed out */
         rpc_reply(call, NULL, NULL, 0);
         return;
     }
-    count_add(s, e->function, e->unreserved, -1);
-    e->unreserved = false;
-    if (dead || e->stale) {
-        worker_destroy(s, e->worker_address, e->env_id);
-        jwrite(s, asg_rec_remove(e->env_id), reply_empty_done, call);
+    ka_t *k = ka_get(s, e);
+    if (token && k->lease && token != k->lease) {
+        json_t *r = json_pack("{s:b}", "stale", 1);
+        rpc_reply(call, r, NULL, 0);
+        json_decref(r);
         return;
     }
-    jwrite(s, asg_rec_state(e->env_id, ASG_IDLE), reply_empty_done, call);
+    if (not_ours && !dead) {
+        k->lease = 0;
+        rpc_reply(call, NULL, NULL, 0);
+        return;
+    }
+    k->lease = 0;
+    if (dead || e->stale) {
+        env_drop(s, e, true); /* gives the count back, destroys, journals the removal */
+        rpc_reply(call, NULL, NULL, 0);
+        return;
+    }
+    count_add(s, e->function, e->unreserved, -1);
+    e->unreserved = false;
+    set_state_lazily(s, e, ASG_IDLE);
+    rpc_reply(call, NULL, NULL, 0);
     if ((e = asg_table_get(s->table, id)) && e->state == ASG_IDLE)
         ka_arm(s, e);
 }
@@ -1248,7 +1355,7 @@ static void reconcile_finish(asg_service_t *s)
         json_decref(known);
         return;
     }
-    int dropped = 0, orphans = 0, promoted = 0;
+    int dropped = 0, orphans = 0, promoted = 0, marked_busy = 0, made_idle = 0;
     if (known) { /* placement answered: check every table entry */
         asg_env_t *e = asg_table_first(s->table);
         while (e) {
@@ -1265,6 +1372,20 @@ static void reconcile_finish(asg_service_t *s)
                 } else if (e->state == ASG_INITIALIZING && !strcmp(st, "idle")) {
                     jwrite(s, asg_rec_state(e->env_id, ASG_IDLE), NULL, NULL);
                     promoted++;
+                } else if (e->state == ASG_BUSY && !strcmp(st, "idle")) {
+                    /* its holder finished and the release was lost with
+                     * the last leader, or (rarely) it has not invoked
+                     * yet: then the worker takes one of the two and the
+                     * other is told Busy (not_ours), and the holder's
+                     * release carries a token of an earlier term: stale */
+                    jwrite(s, asg_rec_state(e->env_id, ASG_IDLE), NULL, NULL);
+                    made_idle++;
+                } else if (e->state != ASG_BUSY && !strcmp(st, "busy")) {
+                    /* handed out by the last leader, whose `busy` had not
+                     * reached the journal yet (set_state_lazily): busy
+                     * with its holder unknown until that one releases */
+                    jwrite(s, asg_rec_state(e->env_id, ASG_BUSY), NULL, NULL);
+                    marked_busy++;
                 }
             }
             e = nx;
@@ -1285,8 +1406,9 @@ static void reconcile_finish(asg_service_t *s)
             }
         }
     }
-    log_info(ROLE, "%s: reconciled: %d dropped, %d orphans destroyed, %d initializing->idle%s",
-             s->id, dropped, orphans, promoted, known ? "" : " (placement unreachable: skipped)");
+    log_info(ROLE, "%s: reconciled: %d dropped, %d orphans destroyed, %d initializing->idle, "
+             "%d idle and %d busy as their worker says%s", s->id, dropped, orphans, promoted,
+             made_idle, marked_busy, known ? "" : " (placement unreachable: skipped)");
     json_decref(seen);
     json_decref(known);
     become_leader_serving(s);
@@ -1458,6 +1580,7 @@ static void on_sweep_list(const rpc_result_t *r, void *arg)
                 } else if (!strcmp(st, "idle") && ++k->idle_seen >= 2) {
                     count_add(s, env->function, env->unreserved, -1);
                     env->unreserved = false;
+                    k->lease = 0; /* a late release of its lost holder is stale now */
                     char *id = xstrdup(env->env_id);
                     jwrite(s, asg_rec_state(id, ASG_IDLE), NULL, NULL);
                     asg_env_t *now = asg_table_get(s->table, id);
@@ -1514,6 +1637,9 @@ static void become_leader_serving(asg_service_t *s)
     s->role = R_LEADER;
     counts_clear(s);
     for (asg_env_t *e = asg_table_first(s->table); e; e = e->next) {
+        ka_t *k = ka_get(s, e);
+        k->logged = e->state; /* the table is the journal's now */
+        k->lease = 0;         /* holders of busy ones: unknown */
         if (e->state == ASG_IDLE)
             ka_arm(s, e);
         else if (e->state == ASG_BUSY) { /* handed out by the previous leader */
@@ -1838,6 +1964,7 @@ asg_service_t *asg_service_new(struct event_base *base, journal_t *j,
     }
     new_incarnation(s);
     s->lease_ev = evtimer_new(base, on_lease_check, s);
+    s->flush_ev = evtimer_new(base, on_flush, s);
     s->sweep_ev = evtimer_new(base, on_sweep, s);
     s->reconcile_ev = evtimer_new(base, reconcile_ask_again, s);
     {
@@ -1910,6 +2037,8 @@ void asg_service_free(asg_service_t *s)
         event_free(s->lease_ev);
     if (s->sweep_ev)
         event_free(s->sweep_ev);
+    if (s->flush_ev)
+        event_free(s->flush_ev);
     if (s->reconcile_ev)
         event_free(s->reconcile_ev);
     if (s->efd >= 0)

@@ -31,12 +31,23 @@ typedef struct backend_lease {
     char env_id[40];       /* remote: the environment's id ... */
     char worker[160];      /* ... and its worker's RPC address */
     int shard;             /* remote: the assignment group that handed it out */
+    int64_t token;         /* remote: the hand-out's lease token (0: none), given
+                              back with the release so a late one is told apart */
 } backend_lease_t;
+
+/* What became of an environment after an invocation, for release. */
+typedef enum env_fate {
+    ENV_FATE_KEPT,              /* fine: idle again, reusable */
+    ENV_FATE_DEAD,         /* did not survive (crash, timeout, worker gone) */
+    ENV_FATE_NOT_OURS,          /* its worker said another request is running in it
+                              (a holder from before a failover or a reclaimed
+                              release): it stays busy until that one releases */
+} env_fate_t;
 
 /* acquire's outcome: r->status as assignment.h; lease valid when OK. */
 typedef void (*backend_acquired_fn)(const acquire_result_t *r, const backend_lease_t *lease, void *arg);
-/* invoke's outcome; env_dead when the environment did not survive it. */
-typedef void (*backend_done_fn)(const invoke_result_t *r, bool env_dead, void *arg);
+/* invoke's outcome and what became of the environment. */
+typedef void (*backend_done_fn)(const invoke_result_t *r, env_fate_t fate, void *arg);
 
 /* snapshot's outcome: ok, or why not (message NULL: cancelled because the
  * platform is stopping; try again later). */
@@ -49,7 +60,7 @@ typedef struct backend_ops {
     void (*cancel)(backend_t *b, void *handle);
     void (*invoke)(backend_t *b, const backend_lease_t *lease, const fn_config_t *cfg,
                    const invoke_event_t *ev, backend_done_fn done, void *arg);
-    void (*release)(backend_t *b, const backend_lease_t *lease, bool dead);
+    void (*release)(backend_t *b, const backend_lease_t *lease, env_fate_t fate);
     /* A function's code/config changed or it was deleted: retire the
      * environments whose configuration is no longer current. */
     void (*function_changed)(backend_t *b, const char *name, store_t *store);

@@ -75,7 +75,7 @@ static void local_cancel(backend_t *b, void *handle)
 static void on_done(env_t *env, const invoke_result_t *r, void *arg)
 {
     pending_t p = pending_take(arg);
-    p.done(r, env_state(env) == ENV_DEAD, p.arg);
+    p.done(r, env_state(env) == ENV_DEAD ? ENV_FATE_DEAD : ENV_FATE_KEPT, p.arg);
 }
 
 static void local_invoke(backend_t *b, const backend_lease_t *lease, const fn_config_t *cfg,
@@ -86,7 +86,7 @@ static void local_invoke(backend_t *b, const backend_lease_t *lease, const fn_co
     env_invoke(lease->env, ev, on_done, p);
 }
 
-static void local_release(backend_t *b, const backend_lease_t *lease, bool dead)
+static void local_release(backend_t *b, const backend_lease_t *lease, env_fate_t fate)
 {
     local_backend_t *lb = (local_backend_t *)b;
     assignment_release(lb->assignment, lease->env);

@@ -173,7 +173,7 @@ static void retry_later(pending_acquire_t *p, int delay_ms)
     evtimer_add(p->retry, &tv);
 }
 
-static void release_now(asg_group_t *g, const char *env_id, bool dead);
+static void release_now(asg_group_t *g, const backend_lease_t *lease, env_fate_t fate);
 
 static void deliver(pending_acquire_t *p, const acquire_result_t *r, const backend_lease_t *lease)
 {
@@ -185,7 +185,7 @@ static void deliver(pending_acquire_t *p, const acquire_result_t *r, const backe
     if (!cancelled)
         cb(r, lease, arg);
     else if (lease) /* nobody wants it any more: back to idle */
-        release_now(g, lease->env_id, false);
+        release_now(g, lease, ENV_FATE_KEPT);
 }
 
 static int replica_index(const asg_group_t *g, const char *address)
@@ -214,6 +214,7 @@ static void on_acquire_reply(const rpc_result_t *res, void *arg)
         snprintf(lease.worker, sizeof lease.worker, "%s",
                  json_string_value(json_object_get(res->result, "worker_address")) ?: "");
         lease.shard = (int)(g - p->rb->groups);
+        lease.token = (int64_t)json_integer_value(json_object_get(res->result, "lease"));
         acquire_result_t r = {.status = ACQUIRE_OK,
                               .cold = json_is_true(json_object_get(res->result, "cold"))};
         deliver(p, &r, &lease);
@@ -333,7 +334,7 @@ static void on_invoke_reply(const rpc_result_t *res, void *arg)
         return; /* shutting down (see on_acquire_reply) */
     invoke_result_t r = {0};
     char *owned = NULL;
-    bool dead = false;
+    env_fate_t fate = ENV_FATE_KEPT;
     if (res->error) {
         r.status = INVOKE_FAILED;
         r.system_error = true;
@@ -345,22 +346,22 @@ static void on_invoke_reply(const rpc_result_t *res, void *arg)
                           "(%s: %s); retry the request", res->error, res->message ? res->message : "");
         r.body = owned;
         r.body_len = strlen(owned);
-        /* Busy: another request holds it (a release that was lost and
-         * reclaimed by the leader's sweep, then a late holder): the
-         * environment is fine, only not ours. */
-        dead = strcmp(res->error, "Busy") != 0;
+        /* Busy: another request runs in it (its holder from before a
+         * failover, or a late one after the sweep reclaimed a lost
+         * release): the environment is fine, only not ours. */
+        fate = strcmp(res->error, "Busy") ? ENV_FATE_DEAD : ENV_FATE_NOT_OURS;
     } else {
         const char *status = json_string_value(json_object_get(res->result, "status")) ?: "failed";
         r.status = !strcmp(status, "ok")               ? INVOKE_OK
                    : !strcmp(status, "function_error") ? INVOKE_FUNCTION_ERROR
                                                        : INVOKE_FAILED;
-        dead = r.status == INVOKE_FAILED;
+        fate = r.status == INVOKE_FAILED ? ENV_FATE_DEAD : ENV_FATE_KEPT;
         r.body = (char *)res->body;
         r.body_len = res->len;
         r.log_tail = json_string_value(json_object_get(res->result, "log_tail"));
         r.duration_ms = json_real_value(json_object_get(res->result, "duration_ms"));
     }
-    p.done(&r, dead, p.arg);
+    p.done(&r, fate, p.arg);
     free(owned);
 }
 
@@ -391,18 +392,21 @@ static void remote_invoke(backend_t *b, const backend_lease_t *lease, const fn_c
 
 static void ignore_reply(const rpc_result_t *res, void *arg) {}
 
-static void release_now(asg_group_t *g, const char *env_id, bool dead)
+static void release_now(asg_group_t *g, const backend_lease_t *lease, env_fate_t fate)
 {
-    json_t *params = json_pack("{s:s,s:b}", "env_id", env_id, "dead", dead);
+    json_t *params = json_pack("{s:s,s:b,s:I}", "env_id", lease->env_id, "dead", fate == ENV_FATE_DEAD,
+                               "lease", (json_int_t)lease->token);
+    if (fate == ENV_FATE_NOT_OURS)
+        json_object_set_new(params, "not_ours", json_true());
     rpc_call(g->asg[g->leader], "asg.release", params, NULL, 0, 10000, ignore_reply, NULL);
     json_decref(params);
 }
 
-static void remote_release(backend_t *b, const backend_lease_t *lease, bool dead)
+static void remote_release(backend_t *b, const backend_lease_t *lease, env_fate_t fate)
 {
     remote_backend_t *rb = (remote_backend_t *)b;
     int shard = lease->shard >= 0 && lease->shard < rb->n_groups ? lease->shard : 0;
-    release_now(&rb->groups[shard], lease->env_id, dead);
+    release_now(&rb->groups[shard], lease, fate);
 }
 
 static void remote_function_changed(backend_t *b, const char *name, store_t *store)

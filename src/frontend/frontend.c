@@ -193,14 +193,14 @@ static void reply_result(invocation_t *inv, const invoke_result_t *r, bool faile
 
 static void on_acquired(const acquire_result_t *r, const backend_lease_t *lease, void *arg);
 
-static void on_invoke_done(const invoke_result_t *r, bool env_dead, void *arg)
+static void on_invoke_done(const invoke_result_t *r, env_fate_t fate, void *arg)
 {
     invocation_t *inv = arg;
     if (r->system_error && r->not_delivered && inv->redeliveries < MAX_REDELIVERIES) {
         /* A stale environment (its worker restarted): the function never
          * saw the event, so get another environment and try again. */
         inv->redeliveries++;
-        inv->fe->backend->ops->release(inv->fe->backend, &inv->lease, env_dead);
+        inv->fe->backend->ops->release(inv->fe->backend, &inv->lease, fate);
         inv->leased = false;
         inv->acquire = inv->fe->backend->ops->acquire(inv->fe->backend, inv->cfg,
                                                       store_total_reserved(inv->fe->store),
@@ -221,7 +221,7 @@ static void on_invoke_done(const invoke_result_t *r, bool env_dead, void *arg)
         if (inv->async)
             async_outcome(inv, r->status == INVOKE_OK ? ASYNC_SUCCESS : ASYNC_FUNCTION_ERROR, r);
     }
-    inv->fe->backend->ops->release(inv->fe->backend, &inv->lease, env_dead);
+    inv->fe->backend->ops->release(inv->fe->backend, &inv->lease, fate);
     invocation_free(inv);
 }
 

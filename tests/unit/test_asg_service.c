@@ -470,6 +470,43 @@ static long long status_term(replica_t *r)
     return t;
 }
 
+static long long status_applied(replica_t *r)
+{
+    sync_res_t s;
+    call(r->c, "asg.status", NULL, 2000, &s);
+    long long t = s.result ? (long long)json_integer_value(json_object_get(s.result, "applied")) : -1;
+    res_clear(&s);
+    return t;
+}
+
+/* Waits until r's journal index passes n. */
+static int wait_applied_above(replica_t *r, long long n, int ms)
+{
+    uint64_t end = now_mono_ms() + (uint64_t)ms;
+    while (now_mono_ms() < end) {
+        if (status_applied(r) > n)
+            return 0;
+        usleep(10000);
+    }
+    return -1;
+}
+
+/* Waits until follower f has applied all that leader l has journaled, l
+ * having journaled nothing new for 200 ms. */
+static int wait_caught_up(replica_t *l, replica_t *f, int ms)
+{
+    uint64_t end = now_mono_ms() + (uint64_t)ms;
+    long long last = -2;
+    while (now_mono_ms() < end) {
+        long long a = status_applied(l);
+        if (a >= 0 && a == last && status_applied(f) == a)
+            return 0;
+        last = a;
+        loop_for(200);
+    }
+    return -1;
+}
+
 /* Waits until r answers asg.status naming `leader` as the leader. */
 static int wait_knows_leader(replica_t *r, const char *leader, int ms)
 {
@@ -524,6 +561,13 @@ static void acquire(replica_t *r, const char *name, int reserved, int total_rese
 static void release(replica_t *r, const char *env_id, bool dead, sync_res_t *out)
 {
     call(r->c, "asg.release", json_pack("{s:s,s:b}", "env_id", env_id, "dead", dead), 10000, out);
+}
+
+static void release_lease(replica_t *r, const char *env_id, json_int_t lease, bool not_ours,
+                          sync_res_t *out)
+{
+    call(r->c, "asg.release", json_pack("{s:s,s:b,s:I,s:b}", "env_id", env_id, "dead", 0, "lease",
+                                        lease, "not_ours", not_ours), 10000, out);
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -757,16 +801,20 @@ static void test_not_leader_and_failover_once(int run, double *takeover_ms, int 
     char idle_id[64];
     snprintf(idle_id, sizeof idle_id, "%s", jget(a.result, "env_id"));
     for (int i = 0; i < 3; i++) {
+        /* idle<->busy reach the journal lazily: let each be written */
+        CHECK(wait_applied_above(L, 1 + 2 * i, 5000) == 0);
         release(L, idle_id, false, &x);
         res_clear(&x);
         res_clear(&a);
+        CHECK(wait_applied_above(L, 2 + 2 * i, 5000) == 0);
         acquire(L, "ff", -1, 0, &a);
         CHECK(a.result && !strcmp(jget(a.result, "env_id"), idle_id));
     }
     release(L, idle_id, false, &x);
     res_clear(&x);
     res_clear(&a);
-    loop_for(300); /* the follower reads the tail */
+    /* the follower reads the tail (idle<->busy are journaled lazily) */
+    CHECK(wait_caught_up(L, F, 10000) == 0);
 
     uint64_t t0 = now_mono_ms();
     replica_kill9(L);
@@ -1000,21 +1048,26 @@ static void test_reconcile(void)
     new_prefix(p, sizeof p);
     fakes_reset();
     /* the journal says: "ghost" (worker lacks it), "init1" initializing
-     * (worker has it idle); the worker also has "orphan1" (not journaled) */
+     * (worker has it idle), "busy1" busy (worker: idle - its release was
+     * lost with the last leader), "idle1" idle (worker: busy - handed out
+     * by a leader whose lazily journaled `busy` never got written); the
+     * worker also has "orphan1" (not journaled) */
     err_t err = {0};
     journal_t *j = journal_etcd_open(eps, p, &err);
     CHECK(j);
     uint64_t term = 0, idx;
     CHECK(j->ops->campaign(j, "test", 1000, &term, &err) == 1);
-    json_t *recs[3] = {
-        json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:i}", "op", "add", "env_id", "ghost", "worker_id", "w1",
-                  "worker_address", W.addr, "config_key", "k:1:r", "function", "k", "memory_mb", 128),
-        json_pack("{s:s,s:s,s:s}", "op", "state", "env_id", "ghost", "state", "idle"),
-        json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:i}", "op", "add", "env_id", "init1", "worker_id", "w1",
-                  "worker_address", W.addr, "config_key", "k:1:r", "function", "k", "memory_mb", 128),
-    };
+    const char *adds[] = {"ghost", "init1", "busy1", "idle1"};
+    json_t *recs[7];
+    for (int i = 0; i < 4; i++)
+        recs[i] = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:i}", "op", "add", "env_id", adds[i],
+                            "worker_id", "w1", "worker_address", W.addr, "config_key", "k:1:r",
+                            "function", "k", "memory_mb", 128);
+    recs[4] = json_pack("{s:s,s:s,s:s}", "op", "state", "env_id", "ghost", "state", "idle");
+    recs[5] = json_pack("{s:s,s:s,s:s}", "op", "state", "env_id", "busy1", "state", "busy");
+    recs[6] = json_pack("{s:s,s:s,s:s}", "op", "state", "env_id", "idle1", "state", "idle");
     int bad = 0;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 7; i++) {
         char *buf = json_dumps(recs[i], JSON_COMPACT);
         bad |= j->ops->append(j, term, buf, strlen(buf), &idx, &err) != 0;
         free(buf);
@@ -1023,8 +1076,12 @@ static void test_reconcile(void)
     CHECK(!bad);
     CHECK(j->ops->resign(j, term, &err) == 0);
     journal_close(j);
-    json_object_set_new(W.envs, "init1", json_pack("{s:s,s:s,s:s}", "state", "idle", "config_key", "k:1:r", "function", "k"));
-    json_object_set_new(W.envs, "orphan1", json_pack("{s:s,s:s,s:s}", "state", "idle", "config_key", "z:1:r", "function", "z"));
+    const char *on_worker[][2] = {{"init1", "idle"}, {"orphan1", "idle"}, {"busy1", "idle"},
+                                  {"idle1", "busy"}};
+    for (int i = 0; i < 4; i++)
+        json_object_set_new(W.envs, on_worker[i][0],
+                            json_pack("{s:s,s:s,s:s}", "state", on_worker[i][1], "config_key",
+                                      "k:1:r", "function", "k"));
 
     replica_t r = {0};
     CHECK(replica_start(&r, p, "60", "100") == 0);
@@ -1033,10 +1090,89 @@ static void test_reconcile(void)
     sync_res_t x;
     call(r.c, "asg.status", NULL, 2000, &x);
     json_t *envs = x.result ? json_object_get(json_object_get(x.result, "table"), "envs") : NULL;
-    CHECK(json_array_size(envs) == 1);
-    CHECK_STR(jget(json_array_get(envs, 0), "env_id"), "init1");
-    CHECK_STR(jget(json_array_get(envs, 0), "state"), "idle");
+    CHECK(json_array_size(envs) == 3);
+    const char *want[][2] = {{"init1", "idle"}, {"busy1", "idle"}, {"idle1", "busy"}};
+    for (int w = 0; w < 3; w++) {
+        const char *got = NULL;
+        size_t i;
+        json_t *e;
+        json_array_foreach(envs, i, e)
+            if (!strcmp(jget(e, "env_id"), want[w][0]))
+                got = jget(e, "state");
+        CHECK(got && !strcmp(got, want[w][1]));
+    }
+    /* idle1 counts in flight (its holder is unknown) until a release */
+    CHECK(x.result && json_integer_value(json_object_get(x.result, "in_flight")) == 1);
     res_clear(&x);
+    release(&r, "idle1", false, &x);
+    res_clear(&x);
+    call(r.c, "asg.status", NULL, 2000, &x);
+    CHECK(x.result && json_integer_value(json_object_get(x.result, "in_flight")) == 0);
+    res_clear(&x);
+    CHECK(replica_stop(&r) == 0);
+}
+
+static const char *env_state_in(replica_t *r, const char *env_id, char *buf, size_t n)
+{
+    sync_res_t x;
+    call(r->c, "asg.status", NULL, 2000, &x);
+    json_t *envs = x.result ? json_object_get(json_object_get(x.result, "table"), "envs") : NULL;
+    size_t i;
+    json_t *e;
+    snprintf(buf, n, "(none)");
+    json_array_foreach(envs, i, e)
+        if (!strcmp(jget(e, "env_id"), env_id))
+            snprintf(buf, n, "%s", jget(e, "state"));
+    res_clear(&x);
+    return buf;
+}
+
+/* Each hand-out has its own lease token; only its holder's release counts
+ * (a late one from an earlier hand-out is stale), and "not ours" keeps the
+ * environment busy until whoever runs in it releases. */
+static void test_lease_tokens(void)
+{
+    char p[64], st[32];
+    new_prefix(p, sizeof p);
+    fakes_reset();
+    replica_t r = {0};
+    CHECK(replica_start(&r, p, "60", "100") == 0);
+    CHECK(wait_leader(&r, 1, 15000) == 0);
+    sync_res_t a, x;
+    acquire(&r, "tok", -1, 0, &a);
+    CHECK(a.result);
+    char id[64];
+    snprintf(id, sizeof id, "%s", a.result ? jget(a.result, "env_id") : "");
+    json_int_t t1 = a.result ? json_integer_value(json_object_get(a.result, "lease")) : 0;
+    CHECK(t1 != 0);
+    res_clear(&a);
+    release_lease(&r, id, t1 + 1, false, &x); /* not the holder's */
+    CHECK(x.result && json_is_true(json_object_get(x.result, "stale")));
+    res_clear(&x);
+    CHECK_STR(env_state_in(&r, id, st, sizeof st), "busy");
+    release_lease(&r, id, t1, false, &x);
+    CHECK(x.done && !x.error[0] && !(x.result && json_object_get(x.result, "stale")));
+    res_clear(&x);
+    CHECK_STR(env_state_in(&r, id, st, sizeof st), "idle");
+    acquire(&r, "tok", -1, 0, &a); /* warm: a new token */
+    CHECK(a.result && !strcmp(jget(a.result, "env_id"), id));
+    json_int_t t2 = a.result ? json_integer_value(json_object_get(a.result, "lease")) : 0;
+    CHECK(t2 != 0 && t2 != t1);
+    res_clear(&a);
+    release_lease(&r, id, t1, false, &x); /* the first holder, late */
+    CHECK(x.result && json_is_true(json_object_get(x.result, "stale")));
+    res_clear(&x);
+    CHECK_STR(env_state_in(&r, id, st, sizeof st), "busy");
+    /* the worker told t2's holder that another request runs in it */
+    release_lease(&r, id, t2, true, &x);
+    res_clear(&x);
+    CHECK_STR(env_state_in(&r, id, st, sizeof st), "busy");
+    acquire(&r, "tok", -1, 0, &a); /* so the next one is cold */
+    CHECK(a.result && json_is_true(json_object_get(a.result, "cold")));
+    res_clear(&a);
+    release_lease(&r, id, t1, false, &x); /* that other holder is unknown: any release counts */
+    res_clear(&x);
+    CHECK_STR(env_state_in(&r, id, st, sizeof st), "idle");
     CHECK(replica_stop(&r) == 0);
 }
 
@@ -1068,6 +1204,7 @@ int main(void)
     }
     RUN(test_leader_basics);
     RUN(test_reconcile);
+    RUN(test_lease_tokens);
     RUN(test_dead_and_lost);
     RUN(test_concurrent_acquires);
     RUN(test_sigterm_hands_over);
