@@ -533,9 +533,9 @@ static void handle_result(env_t *env, struct evhttp_request *req, const char *id
         }
         json_decref(j);
     }
-    reply_json(req, 202, "{\"status\":\"OK\"}");
     env->state = ENV_IDLE; /* available again: a next event waits for GET /next */
     finish_invocation(env, is_error ? INVOKE_FUNCTION_ERROR : INVOKE_OK, body, len, NULL);
+    reply_json(req, 202, "{\"status\":\"OK\"}");
 }
 
 static void handle_init_error(env_t *env, struct evhttp_request *req)
