@@ -80,7 +80,14 @@ test:
 bench: all
 	/usr/bin/python3 bench/run.py --build $(BUILD)
 	/usr/bin/python3 bench/leader.py --build $(BUILD)
+	$(MAKE) bench-failover
 	$(MAKE) bench-microvm
+
+# Failover time over 20 kills of the assignment leader: `flicker up` (file
+# journal), then the etcd journal (3-member cluster on loopback).
+bench-failover: all
+	/usr/bin/python3 bench/failover.py --build $(BUILD) --kills 20
+	ASG_FAILOVER_RUNS=20 CHECK_ONLY=test_failover $(BUILD)/tests/test_asg_service | grep '^# '
 
 bench-leader: all
 	/usr/bin/python3 bench/leader.py --build $(BUILD)

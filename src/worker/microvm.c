@@ -83,6 +83,7 @@
 #include <unistd.h>
 #include <openssl/evp.h>
 
+#include "common/slots.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "worker/cgroup.h"
@@ -128,7 +129,8 @@ static bool g_inited;
 static cgroup_root_t g_root;
 static char *g_state;       /* the state dir */
 static char *g_run_base;    /* <state>/vm-run/<instance> */
-static unsigned char g_slots[VM_SLOTS / 8];
+static unsigned char g_slot_bits[VM_SLOTS / 8];
+static slot_set_t g_slots = SLOT_SET_INIT(g_slot_bits, VM_SLOTS, 131);
 static atomic_int g_count;
 
 static pthread_mutex_t g_accel_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -210,31 +212,6 @@ static ident_t ident_of(const struct stat *st)
 static bool ident_eq(const ident_t *a, const ident_t *b)
 {
     return a->size == b->size && a->mtime_ns == b->mtime_ns && a->ino == b->ino && a->dev == b->dev;
-}
-
-static int slot_alloc(void)
-{
-    pthread_mutex_lock(&g_lock);
-    int start = (int)((unsigned)getpid() * 131u % VM_SLOTS), found = -1;
-    for (int k = 0; k < VM_SLOTS; k++) {
-        int i = (start + k) % VM_SLOTS;
-        if (!(g_slots[i / 8] & (1u << (i % 8)))) {
-            g_slots[i / 8] |= (unsigned char)(1u << (i % 8));
-            found = i;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&g_lock);
-    return found;
-}
-
-static void slot_free(int i)
-{
-    if (i < 0)
-        return;
-    pthread_mutex_lock(&g_lock);
-    g_slots[i / 8] &= (unsigned char)~(1u << (i % 8));
-    pthread_mutex_unlock(&g_lock);
 }
 
 static bool valid_name(const char *s, size_t max)
@@ -894,7 +871,7 @@ static int vm_create_params(const vm_params_t *p, microvm_t **out, err_t *err)
     snprintf(vm->family, sizeof vm->family, "%s", p->family);
     const char *console_path = getenv("FLICKER_VM_CONSOLE");
     vm->console = console_path && *console_path;
-    vm->slot = slot_alloc();
+    vm->slot = slot_take(&g_slots);
     atomic_fetch_add(&g_count, 1);
 
     int chan[2] = {-1, -1}, qmpfd[2] = {-1, -1}, outp[2] = {-1, -1}, errp[2] = {-1, -1};
@@ -1452,7 +1429,7 @@ static int vm_destroy(void *h, err_t *err)
         close(vm->run_dirfd);
     if (rc < 0)
         log_warn(ROLE, "vm %s: destroy incomplete: %s", vm->id, err ? err->msg : "?");
-    slot_free(vm->slot);
+    slot_give(&g_slots, vm->slot);
     free(vm->run_dir);
     free(vm->tmp_img);
     free(vm->own_code);

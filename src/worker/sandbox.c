@@ -101,6 +101,7 @@
  * ASan, which cannot follow a CLONE_VM child's stack switch. */
 #define CHILD_CODE __attribute__((no_sanitize_address))
 
+#include "common/slots.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "worker/cgroup.h"
@@ -133,7 +134,8 @@ static bool g_inited;
 static cgroup_root_t g_root;
 static struct sock_fprog g_filter;
 static char *g_init_path;
-static unsigned char g_slots[NSLOTS / 8];
+static unsigned char g_slot_bits[NSLOTS / 8];
+static slot_set_t g_slots = SLOT_SET_INIT(g_slot_bits, NSLOTS, 61);
 static atomic_int g_count;
 
 struct sandbox {
@@ -642,28 +644,6 @@ const char *sandbox_cgroup_version(void) { return g_inited ? g_root.ops->version
 
 int sandbox_count(void) { return atomic_load(&g_count); }
 
-static int slot_alloc(void) {
-    pthread_mutex_lock(&g_lock);
-    int start = (int)((unsigned)getpid() * 61u % NSLOTS), found = -1;
-    for (int k = 0; k < NSLOTS; k++) {
-        int i = (start + k) % NSLOTS;
-        if (!(g_slots[i / 8] & (1u << (i % 8)))) {
-            g_slots[i / 8] |= (unsigned char)(1u << (i % 8));
-            found = i;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&g_lock);
-    return found;
-}
-
-static void slot_free(int i) {
-    if (i < 0) return;
-    pthread_mutex_lock(&g_lock);
-    g_slots[i / 8] &= (unsigned char)~(1u << (i % 8));
-    pthread_mutex_unlock(&g_lock);
-}
-
 static bool valid_id(const char *id) {
     size_t n = id ? strlen(id) : 0;
     if (n < 1 || n > 64) return false;
@@ -742,7 +722,7 @@ int sandbox_create(const sandbox_spec_t *spec, sandbox_t **out, err_t *err) {
     sb->pid = -1;
     sb->pidfd = sb->api_fd = sb->out_fd = -1;
     sb->cg.peak_fd = -1;
-    sb->slot = slot_alloc();
+    sb->slot = slot_take(&g_slots);
     int sv[2] = {-1, -1}, pipefd[2] = {-1, -1};
     steps_t steps = {0};
     char **init_argv = NULL;
@@ -892,7 +872,7 @@ fail:
     if (sb->api_fd >= 0) close(sb->api_fd);
     free_steps(&steps);
     free(init_argv);
-    slot_free(sb->slot);
+    slot_give(&g_slots, sb->slot);
     free(sb->id);
     free(sb);
     return -1;
@@ -966,7 +946,7 @@ int sandbox_destroy(sandbox_t *sb, err_t *err) {
     if (sb->pidfd >= 0) close(sb->pidfd);
     if (sb->api_fd >= 0) close(sb->api_fd);
     if (sb->out_fd >= 0) close(sb->out_fd);
-    slot_free(sb->slot);
+    slot_give(&g_slots, sb->slot);
     free(sb->id);
     free(sb);
     atomic_fetch_sub(&g_count, 1);
