@@ -846,11 +846,15 @@ def etcd_journal_records(endpoints, prefix):
 
 
 def journal_double_hands(snap, recs):
-    """Environments the assignment handed out while they were already handed
-    out: every hand-out is a `state busy` record journaled before the reply
-    (docs/distributed.md), so a `busy` for an env whose last state was
-    `busy` (no idle or remove in between) is a second holder.  Returns
-    (set of env ids, hand-outs counted, anomalies (records for unknown envs))."""
+    """Environments the journal shows handed out while already handed out:
+    a `busy` for an env whose last journaled state was `busy` (no idle or
+    remove in between).  Idle<->busy changes are journaled lazily (at most
+    one per env per 50 ms, a busy-then-idle-again pair not at all:
+    docs/assignment.md), so this is a consistency check of the journal and
+    the hand-out count a lower bound; the functions' own reports
+    (function_double_hands) are the authority on two invocations at once.
+    Returns (set of env ids, busy records counted, anomalies (records for
+    unknown envs))."""
     state = {}
     if snap:
         for e in snap.get("envs", []):

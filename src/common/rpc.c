@@ -42,11 +42,83 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <fcntl.h>
 #include "common/log.h"
 #include "common/util.h"
 
 #define ROLE "rpc"
 #define HDR_STACK 2048  /* headers up to this size are formatted on the stack */
+
+/* --------------------------------------------------------- cluster key */
+
+#define AUTH_MAX_FRAME 4096        /* frames before rpc.auth may be this big */
+#define AUTH_WINDOW_MS 60000       /* |t - now| allowed */
+#define AUTH_NONCES 4096           /* remembered per server (replays refused) */
+
+static unsigned char g_key[256];
+static size_t g_key_len;
+
+int rpc_set_cluster_key(const void *key, size_t len, err_t *err)
+{
+    if (len < 16 || len > sizeof g_key)
+        return err_set(err, EINVAL, "cluster key: %zu bytes (16 to %zu)", len, sizeof g_key);
+    memcpy(g_key, key, len);
+    g_key_len = len;
+    return 0;
+}
+
+int rpc_load_cluster_key_file(const char *path, err_t *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return err_set(err, errno, "cluster key %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (st.st_mode & 077)) {
+        close(fd);
+        return err_set(err, EPERM, "cluster key %s: must be a regular file that only its owner "
+                       "may read (chmod 600)", path);
+    }
+    char buf[sizeof g_key + 64];
+    ssize_t n = read(fd, buf, sizeof buf);
+    close(fd);
+    if (n < 0)
+        return err_set(err, errno, "cluster key %s: %s", path, strerror(errno));
+    size_t a = 0, b = (size_t)n;
+    while (a < b && (buf[a] == ' ' || buf[a] == '\n' || buf[a] == '\r' || buf[a] == '\t'))
+        a++;
+    while (b > a && (buf[b - 1] == ' ' || buf[b - 1] == '\n' || buf[b - 1] == '\r' || buf[b - 1] == '\t'))
+        b--;
+    int rc = rpc_set_cluster_key(buf + a, b - a, err);
+    OPENSSL_cleanse(buf, sizeof buf);
+    if (rc < 0)
+        return err_wrap(err, "cluster key %s", path);
+    return 0;
+}
+
+static void auth_mac(const char *nonce, long long t_ms, char mac[65])
+{
+    char msg[128];
+    int n = snprintf(msg, sizeof msg, "flicker-rpc-auth-v1\n%s\n%lld", nonce, t_ms);
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    HMAC(EVP_sha256(), g_key, (int)g_key_len, (const unsigned char *)msg, (size_t)n, md, &mdlen);
+    hex_encode(md, 32, mac);
+}
+
+int rpc_auth_fields(char nonce[33], long long *t_ms, char mac[65])
+{
+    if (!g_key_len)
+        return -1;
+    unsigned char r[16];
+    random_bytes(r, sizeof r);
+    hex_encode(r, sizeof r, nonce);
+    *t_ms = (long long)now_wall_ms();
+    auth_mac(nonce, *t_ms, mac);
+    return 0;
+}
 
 /* ------------------------------------------------------------- options */
 
@@ -373,6 +445,7 @@ struct rpc_conn {
     int depth;                 /* nesting of our own callbacks */
     bool dead;                 /* closed; freed when depth drops to 0 */
     bool paused;               /* reading stopped: output backlog */
+    bool authed;               /* sent a valid rpc.auth (or no cluster key) */
     size_t lowmark;
     void *data;
     char peer[80];
@@ -396,6 +469,8 @@ struct rpc_server {
     rpc_opts_t o;
     listener_t *listeners;
     rpc_conn_t *conns;
+    char (*nonces)[33];        /* rpc.auth nonces accepted lately (a ring) */
+    int n_nonces, next_nonce;
 };
 
 static void conn_process(rpc_conn_t *c);
@@ -454,9 +529,57 @@ static void conn_close(rpc_conn_t *c, enum log_level lvl, const char *why)
         conn_destroy(c);
 }
 
+/* A valid, fresh rpc.auth never seen before (remembered if so). */
+static bool auth_ok(rpc_server_t *s, json_t *hdr, const char **why)
+{
+    const char *nonce = json_string_value(json_object_get(hdr, "nonce"));
+    const char *mac = json_string_value(json_object_get(hdr, "mac"));
+    json_t *t = json_object_get(hdr, "t");
+    if (!nonce || strlen(nonce) != 32 || !mac || strlen(mac) != 64 || !json_is_integer(t)) {
+        *why = "malformed rpc.auth";
+        return false;
+    }
+    long long t_ms = (long long)json_integer_value(t), now = (long long)now_wall_ms();
+    if (t_ms < now - AUTH_WINDOW_MS || t_ms > now + AUTH_WINDOW_MS) {
+        *why = "rpc.auth too old or from the future (clocks more than 60 s apart?)";
+        return false;
+    }
+    char want[65];
+    auth_mac(nonce, t_ms, want);
+    if (CRYPTO_memcmp(want, mac, 64) != 0) {
+        *why = "rpc.auth with a wrong key";
+        return false;
+    }
+    for (int i = 0; i < s->n_nonces; i++)
+        if (!strcmp(s->nonces[i], nonce)) {
+            *why = "rpc.auth replayed (nonce seen before)";
+            return false;
+        }
+    if (!s->nonces)
+        s->nonces = xcalloc(AUTH_NONCES, sizeof *s->nonces);
+    snprintf(s->nonces[s->next_nonce], 33, "%s", nonce);
+    s->next_nonce = (s->next_nonce + 1) % AUTH_NONCES;
+    if (s->n_nonces < AUTH_NONCES)
+        s->n_nonces++;
+    return true;
+}
+
 static void conn_dispatch(rpc_conn_t *c, msg_t *m)
 {
     rpc_server_t *s = c->srv;
+    bool is_auth = m->method && !m->has_id && !strcmp(m->method, "rpc.auth");
+    if (!c->authed) {
+        const char *why = "the first frame was not rpc.auth (this server wants the cluster key: "
+                          "--cluster-key-file)";
+        if (is_auth && auth_ok(s, m->hdr, &why)) {
+            c->authed = true;
+            return;
+        }
+        conn_close(c, LOG_WARN, why);
+        return;
+    }
+    if (is_auth)
+        return; /* a keyed client of a server without a key, or a repeat */
     if (m->method && m->has_id) {
         rpc_call_t *k = xcalloc(1, sizeof *k);
         k->conn = c;
@@ -492,7 +615,7 @@ static void conn_process(rpc_conn_t *c)
         msg_t m;
         size_t need = 8;
         char why[200];
-        int r = frame_get(in, c->srv->o.max_frame, &m, &need, why);
+        int r = frame_get(in, c->authed ? c->srv->o.max_frame : AUTH_MAX_FRAME, &m, &need, why);
         if (r == FRAME_MORE) {
             set_lowmark(c->bev, &c->lowmark, need);
             break;
@@ -540,6 +663,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     sock_tune(fd, s->o.dead_peer_ms);
     rpc_conn_t *c = xcalloc(1, sizeof *c);
     c->srv = s;
+    c->authed = g_key_len == 0;
     if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
         char host[64] = "?";
         const void *ap = sa->sa_family == AF_INET ? (const void *)&((struct sockaddr_in *)sa)->sin_addr
@@ -682,6 +806,7 @@ void rpc_server_free(rpc_server_t *s)
         }
         conn_destroy(c);
     }
+    free(s->nonces);
     free(s);
 }
 
@@ -1096,6 +1221,17 @@ static void client_connect(rpc_client_t *c)
     bufferevent_setcb(c->bev, client_read_cb, NULL, client_event_cb, c);
     c->lowmark = 8;
     bufferevent_setwatermark(c->bev, EV_READ, 8, 0);
+    if (g_key_len) { /* the first frame: who we are */
+        char nonce[33], mac[65];
+        long long t_ms;
+        rpc_auth_fields(nonce, &t_ms, mac);
+        json_t *a = json_pack("{s:s,s:I,s:s}", "nonce", nonce, "t", (json_int_t)t_ms, "mac", mac);
+        const char *why = NULL;
+        if (frame_put_msg(bufferevent_get_output(c->bev), c->o.max_frame, false, 0, "rpc.auth", a,
+                          NULL, 0, &why) < 0)
+            log_error(ROLE, "rpc.auth frame: %s", why);
+        json_decref(a);
+    }
     evbuffer_add_buffer(bufferevent_get_output(c->bev), c->outq);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     struct timeval tv = {c->o.connect_timeout_ms / 1000, (c->o.connect_timeout_ms % 1000) * 1000};

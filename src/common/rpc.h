@@ -51,6 +51,25 @@
 #define RPC_CANCELLED "Cancelled"        /* rpc_client_free with the call pending */
 #define RPC_INVALID "InvalidRequest"     /* bad method name, params or frame too big */
 
+/* Peer authentication (docs/rpc.md, "Cluster key").  With a cluster key set,
+ * every client's first frame on a connection is the notification
+ * `rpc.auth {nonce, t, mac}`, mac = hex HMAC-SHA256(key, "flicker-rpc-auth-v1\n"
+ * nonce "\n" t) with t the sender's wall clock in ms and nonce 32 random
+ * hex digits; a server accepts nothing else first: a connection whose first
+ * frame is not a valid rpc.auth (wrong key, t more than 60 s off, a nonce
+ * seen before) is closed, and frames before it may be at most 4 KiB.  It
+ * authenticates clients to servers; it does not encrypt (use a private
+ * network, or a tunnel, for confidentiality).  Set once per process before
+ * any server or client is made; applies to all of them.  The key is at
+ * least 16 bytes.  Returns 0, or -1/err. */
+int rpc_set_cluster_key(const void *key, size_t len, err_t *err);
+/* Reads the key from path (surrounding whitespace removed); refuses a file
+ * that group or others may read.  Returns 0, or -1/err. */
+int rpc_load_cluster_key_file(const char *path, err_t *err);
+/* The key's auth fields for a new connection (tests, other clients):
+ * fills nonce (33 bytes), *t_ms and mac (65 bytes); -1 without a key. */
+int rpc_auth_fields(char nonce[33], long long *t_ms, char mac[65]);
+
 /* Tunables; zero fields take the defaults shown.  Pass NULL for all defaults. */
 typedef struct rpc_opts {
     size_t max_frame;          /* RPC_MAX_FRAME; both peers should agree */

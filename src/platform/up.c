@@ -28,6 +28,7 @@
 #include <unistd.h>
 #include "assignment/assignment.h"
 #include "common/log.h"
+#include "common/rpc.h"
 #include "common/util.h"
 #include "common/version.h"
 #include "frontend/frontend.h"
@@ -87,6 +88,8 @@ static void usage_up(FILE *f)
            "  --isolation KIND          sandbox (default) or microvm: what isolates each\n"
            "                            execution environment (a function's tag\n"
            "                            flicker:isolation overrides it)\n"
+           "  --cluster-key-file PATH   the roles authenticate their internal RPC with this\n"
+           "                            shared key (mode 600, >= 16 bytes; docs/rpc.md)\n"
            "  --verbose                 debug logging\n");
 }
 
@@ -223,6 +226,7 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
         {"assignment", required_argument, 0, 'A'}, {"placement", required_argument, 0, 'P'},
         {"isolation", required_argument, 0, 'I'},
         {"assignment-shards", required_argument, 0, 'N'},
+        {"cluster-key-file", required_argument, 0, 'K'},
         {0, 0, 0, 0},
     };
     int c;
@@ -252,6 +256,18 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
                 return 2;
             }
             break;
+        case 'K': {
+            /* this process's clients, and (through the environment) every
+             * role process it starts */
+            err_t kerr = {0};
+            char abs[PATH_MAX];
+            if (!realpath(optarg, abs) || rpc_load_cluster_key_file(abs, &kerr) < 0) {
+                fprintf(stderr, "%s: %s\n", who, kerr.msg[0] ? kerr.msg : strerror(errno));
+                return 2;
+            }
+            setenv("FLICKER_CLUSTER_KEY_FILE", abs, 1);
+            break;
+        }
         case 'A': o->assignment = optarg; break;
         case 'P': o->placement = optarg; break;
         case 'I':

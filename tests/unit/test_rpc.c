@@ -21,6 +21,9 @@
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
+#include <sys/stat.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include "check.h"
 #include "common/log.h"
 #include "common/rpc.h"
@@ -1178,6 +1181,147 @@ static void test_benchmark(void)
     CHECK(us > 0 && u32 > 0 && ts > 0 && t32 > 0);
 }
 
+/* ------------------------------------------------------- cluster key */
+
+static const char KEY[] = "0123456789abcdef-test-cluster-key";
+
+/* A raw blocking connection to sock_path (5 s receive timeout). */
+static int raw_connect_blocking(void)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", sock_path);
+    if (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
+        close(fd);
+        return -1;
+    }
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static void raw_frame(int fd, const char *hdr, const char *body)
+{
+    unsigned char p[8];
+    put32(p, (uint32_t)strlen(hdr));
+    put32(p + 4, (uint32_t)strlen(body));
+    if (write(fd, p, 8) < 0 || write(fd, hdr, strlen(hdr)) < 0 || write(fd, body, strlen(body)) < 0) {
+    }
+}
+
+/* The rpc.auth header for key (the test computes it itself). */
+static void auth_hdr(const char *key, const char *nonce, long long t, char *out, size_t n)
+{
+    char msg[128];
+    int m = snprintf(msg, sizeof msg, "flicker-rpc-auth-v1\n%s\n%lld", nonce, t);
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    HMAC(EVP_sha256(), key, (int)strlen(key), (const unsigned char *)msg, (size_t)m, md, &mdlen);
+    char mac[65];
+    hex_encode(md, 32, mac);
+    snprintf(out, n, "{\"m\":\"rpc.auth\",\"nonce\":\"%s\",\"t\":%lld,\"mac\":\"%s\"}", nonce,
+             t, mac);
+}
+
+/* Sends frames (auth, then an echo request) and says whether the echo was
+ * answered (true) or the server closed the connection (false). */
+static bool raw_try(const char *auth, bool big_first)
+{
+    int fd = raw_connect_blocking();
+    if (fd < 0)
+        return false;
+    if (big_first) {
+        static char big[8192];
+        memset(big, ' ', sizeof big - 1);
+        big[0] = '{';
+        big[sizeof big - 3] = '}';
+        big[sizeof big - 2] = 0;
+        raw_frame(fd, big, "");
+    }
+    if (auth)
+        raw_frame(fd, auth, "");
+    raw_frame(fd, "{\"id\":7,\"m\":\"echo\"}", "hi");
+    unsigned char h[8];
+    ssize_t n = recv(fd, h, 8, MSG_WAITALL);
+    close(fd);
+    return n == 8;
+}
+
+/* Servers with a cluster key accept only clients that prove they have it:
+ * first frame rpc.auth with a fresh HMAC; wrong keys, replays, stale
+ * clocks, a missing auth and big frames before it are refused; a client
+ * with the key gets through. */
+static void test_cluster_key(void)
+{
+    setup();
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/flicker-test-key-%d", (int)getpid());
+    FILE *f = fopen(path, "w");
+    CHECK(f);
+    fprintf(f, "%s\n", KEY);
+    fclose(f);
+    err_t err = {0};
+    chmod(path, 0644);
+    CHECK(rpc_load_cluster_key_file(path, &err) == -1 && err.code == EPERM);
+    CHECK(rpc_set_cluster_key("short", 5, &err) == -1 && err.code == EINVAL);
+    chmod(path, 0600);
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    pid_t pid = fork();
+    if (pid == 0) { /* the server: keyed */
+        close(fds[0]);
+        struct event_base *b = event_base_new();
+        rpc_server_t *srv = rpc_server_new(b, child_handler, NULL);
+        int ok = rpc_load_cluster_key_file(path, NULL) == 0 &&
+                 rpc_server_listen(srv, unix_addr(), NULL) == 0;
+        if (write(fds[1], &ok, sizeof ok) < 0 || !ok)
+            _exit(2);
+        event_base_dispatch(b);
+        _exit(0);
+    }
+    close(fds[1]);
+    int ok = 0;
+    CHECK(read(fds[0], &ok, sizeof ok) == (ssize_t)sizeof ok && ok);
+    close(fds[0]);
+
+    /* this process has no key yet: its client is turned away */
+    rpc_client_t *c = rpc_client_new(base, unix_addr(), NULL, NULL);
+    res_t x;
+    call_wait(c, "echo", NULL, "a", 1, 5000, &x);
+    CHECK(x.done == 1 && x.error[0]);
+    res_clear(&x);
+    rpc_client_free(c);
+
+    long long now = (long long)now_wall_ms();
+    char good[256], again[256], wrong[256], stale[256];
+    auth_hdr(KEY, "00112233445566778899aabbccddeeff", now, good, sizeof good);
+    auth_hdr(KEY, "00112233445566778899aabbccddeeff", now, again, sizeof again);
+    auth_hdr("another-key-of-16+bytes", "ffeeddccbbaa99887766554433221100", now, wrong, sizeof wrong);
+    auth_hdr(KEY, "0123456789abcdef0123456789abcdef", now - 10 * 60 * 1000, stale, sizeof stale);
+    CHECK(!raw_try(NULL, false));          /* no rpc.auth */
+    CHECK(raw_try(good, false));           /* the key: answered */
+    CHECK(!raw_try(again, false));         /* the same nonce again: a replay */
+    CHECK(!raw_try(wrong, false));         /* another key */
+    CHECK(!raw_try(stale, false));         /* ten minutes old */
+    auth_hdr(KEY, "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf", now, good, sizeof good);
+    CHECK(!raw_try(good, true));           /* an 8 KiB frame before the auth */
+
+    /* with the key, rpc clients authenticate themselves */
+    CHECK(rpc_load_cluster_key_file(path, &err) == 0);
+    c = rpc_client_new(base, unix_addr(), NULL, NULL);
+    call_wait(c, "echo", NULL, "b", 1, 5000, &x);
+    CHECK(x.done == 1 && !x.error[0] && x.len == 1);
+    res_clear(&x);
+    call_wait(c, "echo", NULL, "c", 1, 5000, &x); /* the same connection goes on */
+    CHECK(x.done == 1 && !x.error[0]);
+    res_clear(&x);
+    rpc_client_free(c);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    unlink(path);
+    teardown();
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1205,5 +1349,6 @@ int main(void)
     else
         SKIP(test_dead_peer_detection, "cannot create a network namespace (needs CAP_NET_ADMIN)");
     RUN(test_benchmark);
+    RUN(test_cluster_key); /* last: it sets this process's key */
     CHECK_EXIT();
 }
