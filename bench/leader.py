@@ -6,9 +6,9 @@ file journal) on a fresh data directory, creates a provided-runtime
 function with reserved concurrency W, warms W environments, then points
 build/bench/asg_bench straight at the assignment leader's RPC socket:
 CONCURRENCY loops of asg.acquire + asg.release, pipelined on one
-connection.  Every warm acquire and every release is a table decision the
-leader journals (group-committed fdatasync) before answering; acquires over
-W are throttled (a decision without a journal write).
+connection.  Every warm acquire and every release is a table decision; the
+leader answers at once and journals the idle/busy changes lazily (within
+50 ms, coalesced: docs/assignment.md); acquires over W are throttled.
 
 Prints a Markdown table (paste into docs/benchmarks.md).
 """
@@ -97,7 +97,7 @@ def main():
                 raise SystemExit("asg_bench failed")
             rows.append((conc, json.loads(out.stdout)))
         print("### One assignment leader (`make bench-leader`)\n")
-        print("%s, %d CPUs, %s; file journal (fdatasync group commit), %d warm environments, "
+        print("%s, %d CPUs, %s; file journal (idle/busy journaled lazily), %d warm environments, "
               "%.0f s per row; leader %s; table before: %s\n"
               % (platform.node(), os.cpu_count(), time.strftime("%Y-%m-%d"), args.warm,
                  args.seconds, leader, json.dumps(table)[:200]))
