@@ -191,20 +191,32 @@ static int v1_attach(cgroup_t *cg, pid_t pid, err_t *err) {
     return 0;
 }
 
-static int v1_freeze(cgroup_t *cg, bool frozen, err_t *err) {
+/* Polls done(cg) every 200 us, then every 5 ms, until it holds or
+ * wait_ms passed; retry(cg), when set, runs every 20th poll. */
+static int wait_frozen(cgroup_t *cg, int wait_ms, bool (*done)(cgroup_t *), void (*retry)(cgroup_t *)) {
+    uint64_t deadline = now_mono_ms() + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
+    for (int i = 0;; i++) {
+        if (done(cg)) return 0;
+        if (now_mono_ms() >= deadline) return 1;
+        if (retry && i % 20 == 19) retry(cg);
+        sleep_us(i < 20 ? 200 : 5000);
+    }
+}
+
+static bool v1_is_frozen(cgroup_t *cg) {
+    _cleanup_free_ char *p = xasprintf("%s/freezer.state", cg->dir[V1_FREEZER]);
+    char st[32];
+    return read_small(p, st, sizeof(st)) == 0 && strncmp(st, "FROZEN", 6) == 0;
+}
+
+/* FREEZING: a task is not yet frozen; writing FROZEN again retries it. */
+static void v1_refreeze(cgroup_t *cg) { knob(cg->dir[V1_FREEZER], "freezer.state", "FROZEN", NULL); }
+
+static int v1_freeze(cgroup_t *cg, bool frozen, int wait_ms, err_t *err) {
     const char *dir = cg->dir[V1_FREEZER];
     if (knob(dir, "freezer.state", frozen ? "FROZEN" : "THAWED", err) < 0) return -1;
     if (!frozen) return 0;
-    _cleanup_free_ char *p = xasprintf("%s/freezer.state", dir);
-    char st[32];
-    for (int i = 0; i < 2000; i++) { /* up to ~10 s */
-        if (read_small(p, st, sizeof(st)) < 0) return err_sys(err, "read %s", p);
-        if (strncmp(st, "FROZEN", 6) == 0) return 0;
-        /* FREEZING: a task is not yet frozen; writing again retries it. */
-        if (i % 20 == 19) write_str(p, "FROZEN", NULL);
-        sleep_us(i < 20 ? 200 : 5000);
-    }
-    return err_set(err, ETIMEDOUT, "cgroup %s did not freeze", dir);
+    return wait_frozen(cg, wait_ms, v1_is_frozen, v1_refreeze);
 }
 
 static bool v1_empty(cgroup_t *cg) {
@@ -333,15 +345,15 @@ static int v2_attach(cgroup_t *cg, pid_t pid, err_t *err) {
     return knob(cg->dir[0], "cgroup.procs", buf, err);
 }
 
-static int v2_freeze(cgroup_t *cg, bool frozen, err_t *err) {
+static bool v2_is_frozen(cgroup_t *cg) {
+    _cleanup_free_ char *p = xasprintf("%s/cgroup.events", cg->dir[0]);
+    return read_keyed(p, "frozen") == 1;
+}
+
+static int v2_freeze(cgroup_t *cg, bool frozen, int wait_ms, err_t *err) {
     if (knob(cg->dir[0], "cgroup.freeze", frozen ? "1" : "0", err) < 0) return -1;
     if (!frozen) return 0;
-    _cleanup_free_ char *p = xasprintf("%s/cgroup.events", cg->dir[0]);
-    for (int i = 0; i < 2000; i++) {
-        if (read_keyed(p, "frozen") == 1) return 0;
-        sleep_us(i < 20 ? 200 : 5000);
-    }
-    return err_set(err, ETIMEDOUT, "cgroup %s did not freeze", cg->dir[0]);
+    return wait_frozen(cg, wait_ms, v2_is_frozen, NULL);
 }
 
 static bool v2_empty(cgroup_t *cg) {

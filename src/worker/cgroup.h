@@ -56,8 +56,11 @@ struct cgroup_ops {
     int (*set_cpu)(cgroup_t *cg, uint64_t quota_us, uint64_t period_us, err_t *err);
     /* Moves pid (a whole process) into the cgroup. */
     int (*attach)(cgroup_t *cg, pid_t pid, err_t *err);
-    /* Freezes (waiting until every task is frozen) or thaws. */
-    int (*freeze)(cgroup_t *cg, bool frozen, err_t *err);
+    /* Thaws, or freezes and waits up to wait_ms for every task to be
+     * frozen.  Returns 0 when frozen (or thawed), 1 when tasks are still
+     * freezing after wait_ms (the freeze stands: the kernel completes it
+     * as they reach a freezing point), -1/err when the knob failed. */
+    int (*freeze)(cgroup_t *cg, bool frozen, int wait_ms, err_t *err);
     /* SIGKILLs every process, repeatedly, until cgroup.procs is empty or
      * timeout_ms passed.  Returns 0 when empty, -1/err otherwise. */
     int (*kill_all)(cgroup_t *cg, int timeout_ms, err_t *err);

@@ -17,7 +17,12 @@ static int sb_exit_fd(const void *h) { return sandbox_pidfd(h); }
 static pid_t sb_pid(const void *h) { return sandbox_pid(h); }
 static int sb_reap(void *h, int *status, err_t *err) { return sandbox_reap(h, status, err); }
 static int sb_cpu(void *h, err_t *err) { return sandbox_apply_cpu_limit(h, err); }
-static int sb_freeze(void *h, err_t *err) { return sandbox_freeze(h, err); }
+/* An idle sandbox is frozen from the worker's event loop: a task stuck in
+ * reclaim (a function at its memory limit) must not stall the loop, so the
+ * wait is bounded and a freeze still in progress counts as done (the next
+ * thaw undoes it either way). */
+#define IDLE_FREEZE_WAIT_MS 50
+static int sb_freeze(void *h, err_t *err) { return sandbox_freeze_within(h, IDLE_FREEZE_WAIT_MS, err) < 0 ? -1 : 0; }
 static int sb_thaw(void *h, err_t *err) { return sandbox_thaw(h, err); }
 static uint64_t sb_peak(void *h) { return sandbox_memory_peak(h); }
 static void sb_reset_peak(void *h) { sandbox_reset_peak(h); }

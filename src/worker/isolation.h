@@ -36,11 +36,16 @@ typedef struct isolation_ops {
     pid_t (*pid)(const void *h);        /* host pid of the environment's main process */
     int (*reap)(void *h, int *status, err_t *err);     /* 1 reaped, 0 running, -1 */
     int (*apply_cpu_limit)(void *h, err_t *err);
+    /* Freezes an idle environment without stalling the caller for long (a
+     * freeze may complete after it returns 0); thaw undoes it. */
     int (*freeze)(void *h, err_t *err);
     int (*thaw)(void *h, err_t *err);
     uint64_t (*memory_peak)(void *h);
     void (*reset_peak)(void *h);
     int (*oom_kills)(void *h);
+    /* Kills and frees everything of h; may block for seconds (a large
+     * process tree, a loop device): the worker calls it from its reaper
+     * thread, so it must touch only h and thread-safe backend state. */
     int (*destroy)(void *h, err_t *err);
     /* Optional (NULL when unsupported): saves the paused environment's
      * complete state to path (SnapStart).  The environment must be idle

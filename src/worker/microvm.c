@@ -94,6 +94,8 @@
 #include "worker/vmrelay.h"
 
 #define ROLE "microvm"
+/* vm_freeze waits this long for QEMU's threads to stop. */
+#define VM_FREEZE_WAIT_MS 10000
 #define CMDLINE_BASE "reboot=t panic=-1 init=/sbin/flicker-agent root=/dev/vda rootfstype=erofs ro"
 #define SNAP_MAGIC "FLKVMSN1"
 #define SNAP_VERSION 1u
@@ -1350,8 +1352,9 @@ static int vm_cpu(void *h, err_t *err)
 static int vm_freeze(void *h, err_t *err)
 {
     microvm_t *vm = h;
-    if (g_root.ops->freeze(&vm->cg, true, err) < 0)
-        return -1;
+    int rc = g_root.ops->freeze(&vm->cg, true, VM_FREEZE_WAIT_MS, err);
+    if (rc != 0)
+        return rc < 0 ? -1 : err_set(err, ETIMEDOUT, "vm %s did not freeze in %d ms", vm->id, VM_FREEZE_WAIT_MS);
     vm->frozen = true;
     return 0;
 }
@@ -1359,7 +1362,7 @@ static int vm_freeze(void *h, err_t *err)
 static int vm_thaw(void *h, err_t *err)
 {
     microvm_t *vm = h;
-    if (g_root.ops->freeze(&vm->cg, false, err) < 0)
+    if (g_root.ops->freeze(&vm->cg, false, 0, err) < 0)
         return -1;
     vm->frozen = false;
     return 0;
@@ -1390,7 +1393,7 @@ static int vm_destroy(void *h, err_t *err)
     if (vm->pidfd >= 0) {
         syscall(SYS_pidfd_send_signal, vm->pidfd, SIGKILL, NULL, 0);
         if (vm->have_cg)
-            g_root.ops->freeze(&vm->cg, false, NULL);
+            g_root.ops->freeze(&vm->cg, false, 0, NULL);
     }
     /* The relay may be reaping QEMU right now: stop it first, then reap
      * here if it did not (waitid then fails with ECHILD: fine). */

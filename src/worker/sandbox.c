@@ -109,6 +109,8 @@
 #include "worker/seccomp_filter.h"
 
 #define ROLE "sandbox"
+/* sandbox_freeze waits this long for every task to stop. */
+#define FREEZE_WAIT_MS 10000
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -917,8 +919,14 @@ int sandbox_apply_cpu_limit(sandbox_t *sb, err_t *err)
     return g_root.ops->set_cpu(&sb->cg, quota, CPU_PERIOD_US, err);
 }
 
-int sandbox_freeze(sandbox_t *sb, err_t *err) { return g_root.ops->freeze(&sb->cg, true, err); }
-int sandbox_thaw(sandbox_t *sb, err_t *err) { return g_root.ops->freeze(&sb->cg, false, err); }
+int sandbox_freeze(sandbox_t *sb, err_t *err) {
+    int rc = g_root.ops->freeze(&sb->cg, true, FREEZE_WAIT_MS, err);
+    return rc > 0 ? err_set(err, ETIMEDOUT, "sandbox %s did not freeze in %d ms", sb->id, FREEZE_WAIT_MS) : rc;
+}
+int sandbox_freeze_within(sandbox_t *sb, int wait_ms, err_t *err) {
+    return g_root.ops->freeze(&sb->cg, true, wait_ms, err);
+}
+int sandbox_thaw(sandbox_t *sb, err_t *err) { return g_root.ops->freeze(&sb->cg, false, 0, err); }
 uint64_t sandbox_memory_peak(sandbox_t *sb) { return g_root.ops->memory_peak(&sb->cg); }
 void sandbox_reset_peak(sandbox_t *sb) { g_root.ops->reset_peak(&sb->cg); }
 int sandbox_oom_kills(sandbox_t *sb) { return g_root.ops->oom_kills(&sb->cg); }
@@ -932,7 +940,7 @@ int sandbox_destroy(sandbox_t *sb, err_t *err) {
      * that namespace.  The cgroup sweep afterwards is a safety net. */
     if (!sb->reaped) {
         syscall(SYS_pidfd_send_signal, sb->pidfd, SIGKILL, NULL, 0);
-        g_root.ops->freeze(&sb->cg, false, NULL);
+        g_root.ops->freeze(&sb->cg, false, 0, NULL);
         siginfo_t si;
         while (waitid((idtype_t)P_PIDFD, (id_t)sb->pidfd, &si, WEXITED | __WALL) < 0 && errno == EINTR) {
         }

@@ -31,7 +31,8 @@
  *  - sandbox_create blocks for the jail setup (a few ms, plus ~10-30 ms
  *    when the /tmp image pool is empty; at most 10 s),
  *    sandbox_destroy until PID 1 is reaped and the /tmp image deleted
- *    (~1-10 ms), sandbox_freeze until frozen.
+ *    (~1-10 ms), sandbox_freeze until frozen (sandbox_freeze_within
+ *    for a bounded wait).
  *  - code_dir and runtime_dir contents must be readable by others (the
  *    function runs as an unprivileged host uid); their parents may be
  *    private.
@@ -111,9 +112,16 @@ int sandbox_reap(sandbox_t *sb, int *status, err_t *err);
 /* Applies the CPU quota proportional to memory (1769 MB = 1 vCPU). */
 int sandbox_apply_cpu_limit(sandbox_t *sb, err_t *err);
 
-/* Freezes / thaws every process of the sandbox (cgroup freezer). */
+/* Freezes / thaws every process of the sandbox (cgroup freezer).
+ * sandbox_freeze waits until all are frozen (at most 10 s: ETIMEDOUT). */
 int sandbox_freeze(sandbox_t *sb, err_t *err);
 int sandbox_thaw(sandbox_t *sb, err_t *err);
+/* Freezes, waiting at most wait_ms: 0 when frozen, 1 when some tasks are
+ * still freezing (the freeze stands and completes as they reach a freezing
+ * point; sandbox_thaw undoes it either way), -1/err.  For callers that must
+ * not block, such as the worker's event loop freezing an idle sandbox whose
+ * tasks may be stuck in reclaim. */
+int sandbox_freeze_within(sandbox_t *sb, int wait_ms, err_t *err);
 
 /* Peak memory use since the last sandbox_reset_peak (or creation), bytes. */
 uint64_t sandbox_memory_peak(sandbox_t *sb);

@@ -15,13 +15,16 @@
  *    callback that triggered them.
  *  - Environments are in a list (iteration, worker_free) and a hash table
  *    by id (worker_env_find, per warm invoke of the worker service) until
- *    their teardown ends, so an id is never reused while its sandbox (whose
- *    cgroups it names) still exists.
+ *    their teardown ends.  Teardown hands the sandbox or VM to the reaper
+ *    thread (worker/reaper.h), which may still be destroying it when the
+ *    id has left the table; creating an environment under an id still
+ *    being reaped waits for that destroy (their cgroups share the name).
  *
  * Invariants: env->state == ENV_BUSY iff env->inv.active; a pending
  * GET /next is referenced only while its connection is open (close
  * callback clears it); teardown runs exactly once per environment. */
 #include "worker/worker.h"
+#include "worker/reaper.h"
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -755,9 +758,12 @@ static void teardown(env_t *env)
     event_free(env->timer_ev);
     event_free(env->freeze_ev);
     event_free(env->teardown_ev);
-    err_t err;
-    if (env->sb && env->iso->destroy(env->sb, &err) < 0)
-        log_warn("worker", "env %s: destroy: %s", env->id, err.msg);
+    /* The environment's events are gone; its processes, cgroup and files
+     * go on the reaper thread, so a slow teardown (a fork bomb's thousand
+     * processes) never stalls this loop and its heartbeats. */
+    if (env->sb)
+        reaper_submit(env->iso->destroy, env->sb, env->id);
+    env->sb = NULL;
     unlink_env(env);
     log_debug("worker", "env %s (%s:%s) gone after %d invocations", env->id, env->cfg->name,
               env->cfg->version, env->invocations);
@@ -975,6 +981,10 @@ static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, en
             *p = '_';
         else if (*p == '+')
             *p = '-';
+    /* A caller may reuse the id of an environment it just destroyed; its
+     * cgroups carry that name until the reaper is done with them. */
+    if (reaper_wait_for(env->id))
+        log_info("worker", "env %s: waited for the previous environment of this id to be destroyed", env->id);
     sandbox_spec_t spec = {
         .id = env->id,
         .code_dir = cfg->code_dir,
@@ -1172,6 +1182,7 @@ void worker_free(worker_t *w)
         }
         teardown(env);
     }
+    reaper_drain(); /* nothing of this worker outlives it */
     free((char *)w->cfg.id);
     free((char *)w->cfg.zone);
     free((char *)w->cfg.runtimes_dir);

@@ -78,10 +78,10 @@ static void test_v2_lifecycle(void) {
     CHECK(dir_exists(dir));
     pid_t p = spawn_sleeper();
     bool ok = root.ops->attach(&cg, p, &e) == 0 && in_procs(dir, p);
-    ok = ok && root.ops->freeze(&cg, true, &e) == 0 && events_key(dir, "frozen") == 1;
-    ok = ok && root.ops->freeze(&cg, false, &e) == 0 && events_key(dir, "frozen") == 0;
+    ok = ok && root.ops->freeze(&cg, true, 10000, &e) == 0 && events_key(dir, "frozen") == 1;
+    ok = ok && root.ops->freeze(&cg, false, 0, &e) == 0 && events_key(dir, "frozen") == 0;
     /* Kill while frozen: v2 kills frozen tasks. */
-    ok = ok && root.ops->freeze(&cg, true, &e) == 0;
+    ok = ok && root.ops->freeze(&cg, true, 10000, &e) == 0;
     ok = ok && root.ops->kill_all(&cg, 10000, &e) == 0;
     int st = 0;
     waitpid(p, &st, 0);

@@ -44,6 +44,7 @@
 #include "worker/fnlog.h"
 #include "worker/isolation.h"
 #include "worker/microvm.h"
+#include "worker/reaper.h"
 #include "worker/vmproto.h"
 #include "worker/vmrelay.h"
 #include "worker/worker.h"
@@ -528,24 +529,37 @@ static void *flood_main(void *arg)
     return NULL;
 }
 
+/* 16 times what the relay may hold: enough to prove backpressure, small
+ * enough to drain under ASan on a loaded 2-core machine well inside the
+ * deadline (it is a bound on a hang, not a speed target). */
+#define FLOOD_BYTES (16u << 20)
+
 static bool drain_and_check(int fd, size_t total)
 {
     static uint8_t buf[1 << 16];
     size_t got = 0, pos = 0;
-    uint64_t end = now_mono_ms() + 30000;
+    uint64_t end = now_mono_ms() + 120000;
     while (got < total && now_mono_ms() < end) {
         if (!wait_readable(fd, 50))
             continue;
         ssize_t n = read(fd, buf, sizeof buf);
-        if (n <= 0)
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n <= 0) {
+            printf("  read: %s\n", n == 0 ? "end of file" : strerror(errno));
             break;
+        }
         for (ssize_t i = 0; i < n; i++, pos++) {
             size_t in_chunk = pos % VMPROTO_MAX_PAYLOAD;
-            if (buf[i] != (uint8_t)in_chunk)
+            if (buf[i] != (uint8_t)in_chunk) {
+                printf("  byte %zu is %u, not %u\n", pos, buf[i], (unsigned)(uint8_t)in_chunk);
                 return false;
+            }
         }
         got += (size_t)n;
     }
+    if (got != total)
+        printf("  drained %zu of %zu bytes before the deadline\n", got, total);
     return got == total;
 }
 
@@ -557,7 +571,7 @@ static void test_relay_log_flood_bounded(void)
     frame_t f;
     CHECK(fa_expect(&t.fk, VM_START, &f, 5000));
     free(f.data);
-    flood_t fl = {.fk = &t.fk, .type = VM_LOG, .total = 48u << 20};
+    flood_t fl = {.fk = &t.fk, .type = VM_LOG, .total = FLOOD_BYTES};
     pthread_t th;
     pthread_create(&th, NULL, flood_main, &fl);
     usleep(500000); /* the host reads nothing meanwhile */
@@ -586,7 +600,7 @@ static void test_relay_data_flood_bounded(void)
     CHECK(wait_readable(t.api_ls, 5000));
     int c = accept4(t.api_ls, NULL, NULL, SOCK_CLOEXEC);
     CHECK(c >= 0);
-    flood_t fl = {.fk = &t.fk, .type = VM_DATA, .stream = 7, .total = 48u << 20};
+    flood_t fl = {.fk = &t.fk, .type = VM_DATA, .stream = 7, .total = FLOOD_BYTES};
     pthread_t th;
     pthread_create(&th, NULL, flood_main, &fl);
     usleep(500000); /* the API side reads nothing */
@@ -910,6 +924,7 @@ static bool vm_gone(pid_t pid, const char *env_id)
     _cleanup_free_ char *cg2 = xasprintf("/sys/fs/cgroup/flicker/%s/vm-%s", inst, env_id);
     _cleanup_free_ char *run = xasprintf("%s/vm-run/%s/%s", g_state, inst, env_id);
     bool ok = true;
+    reaper_drain(); /* the worker destroys environments on its reaper thread */
     if (pid > 0 && (kill(pid, 0) == 0 || errno != ESRCH)) {
         printf("  QEMU %d still exists\n", (int)pid);
         ok = false;
