@@ -517,7 +517,7 @@ static void test_etcd_listing_pages(void)
     }
     for (long v = 1; v <= 12; v++) {
         json_t *cfg = named_cfg("fn000", "r");
-        char num[8];
+        char num[24];
         snprintf(num, sizeof num, "%ld", v);
         json_object_set_new(cfg, "Version", json_string(num));
         int rc = store_version_insert(s, "fn000", v, cfg, &e);
