@@ -1,10 +1,11 @@
 """netns.py - "hosts" made of network namespaces on this machine, for the
 multi-host integration tests (tests/integration/test_multihost.py).
 
-  Net(tag)            a bridge in the root namespace (10.77.0.254/24 on it,
+  Net(tag[, subnet])  a bridge in the root namespace (10.77.0.254/24 on it,
                       so the test process reaches every host) and, per host,
                       a namespace with a veth pair (host side eth0 =
-                      10.77.0.N/24, lo up; root side enslaved to the bridge).
+                      10.77.0.N/24, lo up; root side enslaved to the bridge);
+                      another subnet ("10.78.0") lets two suites run at once.
   Net.spawn(n, name, argv, log)
                       starts argv inside host n's namespace with
                       `nsenter --net=` (only the network namespace changes:
@@ -48,7 +49,7 @@ def sh(*argv, check=True):
     return p
 
 
-def unavailable_reason():
+def unavailable_reason(subnet=SUBNET):
     """Why hosts cannot be built here (None if they can)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
@@ -57,8 +58,8 @@ def unavailable_reason():
             return f"no {tool} binary"
     # The subnet must be free (another run, or a real network).
     p = sh("ip", "-o", "addr", "show", check=False)
-    if f" {SUBNET}." in p.stdout:
-        return f"{SUBNET}.0/24 is already configured on this machine: {p.stdout.strip()[:200]}"
+    if f" {subnet}." in p.stdout:
+        return f"{subnet}.0/24 is already configured on this machine: {p.stdout.strip()[:200]}"
     probe = f"fkprobe{os.getpid() % 100000}"
     p = sh("ip", "netns", "add", probe, check=False)
     if p.returncode != 0:
@@ -109,8 +110,9 @@ class Proc:
 
 
 class Net:
-    def __init__(self, tag, hosts=3):
+    def __init__(self, tag, hosts=3, subnet=SUBNET):
         self.tag = tag
+        self.subnet = subnet
         self.hosts = hosts
         self.bridge = f"fk{tag}br"
         self.procs = []
@@ -125,12 +127,12 @@ class Net:
         return f"fk{self.tag}r{n}"
 
     def ip(self, n):
-        return f"{SUBNET}.{n}"
+        return f"{self.subnet}.{n}"
 
     def setup(self):
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         self.bridge_created = True
-        sh("ip", "addr", "add", f"{ROOT_IP}/24", "dev", self.bridge)
+        sh("ip", "addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
         for n in range(1, self.hosts + 1):
             ns, rv, pv = self.ns(n), self.root_veth(n), f"fk{self.tag}p{n}"
