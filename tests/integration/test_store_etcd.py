@@ -19,12 +19,19 @@ aliases and code (as content-addressed chunks) live in etcd only, so
      invoked through the other;
   d. a corrupted chunk, and a hostile zip planted in etcd with consistent
      hashes, make the invoke fail cleanly while the platform keeps serving.
+
+And `flicker up --store etcd:...` (split and embedded) on a loopback
+cluster: two platforms with their own data dirs run each other's functions.
 """
 import base64
 import hashlib
 import io
 import json
 import os
+import random
+import shutil
+import socket
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -37,7 +44,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 import netns
-from harness import (ACCESS_KEY, BINARY, REGION, SANITIZER_PATTERNS, SECRET_KEY, SLOW, Server,
+from harness import (ACCESS_KEY, BINARY, REGION, REPO, SANITIZER_PATTERNS, SECRET_KEY, SLOW, Server,
                      create_function, do_invoke, make_zip, pid_alive, sandbox_cgroup_dirs,
                      sandbox_pids, wait_updated)
 
@@ -316,3 +323,65 @@ def test_bad_chunks_fail_cleanly(hosts):
     assert not (h.data[3] / "escaped.txt").exists() and not (h.tmp / "escaped.txt").exists()
     r = do_invoke(a, good)
     assert r.status == 200 and r.json["code_marker"] == "good", r
+
+
+# ---- `flicker up --store etcd:...` on one machine (loopback etcd) ----
+
+@pytest.fixture
+def loopback_etcd(tmp_path):
+    """A 3-member cluster on 127.0.0.1 (scripts/etcd-cluster.sh); yields its
+    endpoints and stops it."""
+    if shutil.which("etcd") is None or shutil.which("etcdctl") is None:
+        pytest.skip("no etcd/etcdctl binary (apt-get install etcd-server etcd-client)")
+    script = REPO / "scripts" / "etcd-cluster.sh"
+    d = tmp_path / "etcd"
+    d.mkdir()
+    eps = None
+    for _ in range(4):
+        base = random.randint(20000, 39000)
+        if not all(port_free(p) for p in range(base, base + 6)):
+            continue
+        p = subprocess.run([str(script), "start", str(d), str(base)], capture_output=True,
+                           text=True, timeout=120)
+        if p.returncode == 0:
+            eps = p.stdout.strip().splitlines()[-1]
+            break
+    if eps is None:
+        pytest.fail(f"could not start a loopback etcd cluster with {script}")
+    try:
+        yield eps
+    finally:
+        subprocess.run([str(script), "stop", str(d)], capture_output=True, timeout=120)
+
+
+def port_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.mark.parametrize("first,second", [("split", "embedded"), ("embedded", "split")])
+def test_up_with_etcd_store(loopback_etcd, spawn, first, second):
+    """Two platforms on one machine, each with its own data dir and
+    `--store etcd:...`: what one creates the other runs (its worker, in a
+    process of its own or in-process, fetches the code)."""
+    spec = f"etcd:{loopback_etcd};prefix=/flicker-up-{uuid.uuid4().hex[:6]}"
+    mode = {"split": (), "embedded": ("--embedded",)}
+    one = spawn("--store", spec, *mode[first])
+    name = f"st-up-{uuid.uuid4().hex[:6]}"
+    z = echo_zip(f"up-{uuid.uuid4().hex}")
+    create_function(one.client(), name, "py_echo", zip_bytes=z, Timeout=60 * SLOW)
+    r = do_invoke(one.client(), name, {"k": 1})
+    assert r.status == 200 and r.json["code_marker"].startswith("up-"), r
+    two = spawn("--store", spec, *mode[second])
+    assert not (two.data / "code" / hexof(z)).exists()
+    r = do_invoke(two.client(), name, {"k": 2})
+    assert r.status == 200 and r.json["code_marker"].startswith("up-"), r
+    assert (two.data / "code" / hexof(z) / "app.py").is_file()
+    two.client().delete_function(FunctionName=name)
+    with pytest.raises(ClientError) as ei:
+        one.client().get_function(FunctionName=name)
+    assert ei.value.response["Error"]["Code"] == "ResourceNotFoundException"
