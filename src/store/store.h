@@ -122,7 +122,12 @@ int store_total_reserved(store_t *store);
  * json_t * return a new reference (NULL when absent); setters borrow.
  * Errors: -1 with err->code ENOENT (missing), EEXIST (duplicate) or EIO. */
 
-/* Transactions (BEGIN IMMEDIATE / COMMIT / ROLLBACK).  Not nestable. */
+/* Transactions.  Not nestable.  SQLite: BEGIN IMMEDIATE / COMMIT /
+ * ROLLBACK (writers serialize).  etcd: optimistic; reads record what they
+ * saw, writes are buffered (and seen by the transaction's own reads) and
+ * store_commit applies them all or none: -1 with err->code STORE_ECONFLICT
+ * when another writer changed a key this transaction read.  After a
+ * failed store_commit the caller still calls store_rollback (harmless). */
 int store_begin(store_t *store, err_t *err);
 int store_commit(store_t *store, err_t *err);
 void store_rollback(store_t *store);
