@@ -24,6 +24,9 @@ multi-host integration tests (tests/integration/test_multihost.py).
                       cluster (the logic of scripts/etcd-cluster.sh, per host).
   rpc_call(addr, method, params)
                       one request over flicker's internal RPC (docs/rpc.md)
+  finish(net, roles, order, cg_before, failed, what)
+                      a test's teardown: stops the roles, checks exits,
+                      sanitizer reports and leftover sandboxes, tears down
 
 Everything is named with the given tag, so concurrent runs do not collide,
 and nothing is touched that this module did not create.
@@ -262,3 +265,38 @@ def rpc_call(addr, method, params=None, timeout=3.0):
         out = json.loads(read(hl))
         read(bl)
         return out
+
+
+def finish(net, roles, order, cg_before, failed, what, timeout=30):
+    """Teardown of a multi-host test: stops the flicker roles named in
+    order (each must exit 0 on SIGTERM), reads every role's log for
+    sanitizer reports, tears the network down (etcd last) and looks for
+    sandbox processes left behind.  Problems fail the test, or are printed
+    when it failed already (failed: its logs' tails are printed first)."""
+    import pytest
+    from harness import SANITIZER_PATTERNS, pid_alive, sandbox_cgroup_dirs, sandbox_pids
+    if failed:
+        for name, p in roles.items():
+            print(f"----- {name} log tail -----\n" + "\n".join(p.log_text().splitlines()[-25:]))
+    problems = []
+    exit_codes = {}
+    for name in order:
+        p = roles.get(name)
+        if p is not None and p.alive():
+            exit_codes[name] = p.stop(timeout)
+    for name, p in roles.items():
+        hits = [l for l in p.log_text().splitlines() if any(x in l for x in SANITIZER_PATTERNS)]
+        if hits:
+            problems.append(f"{name}: sanitizer reports: {hits[:5]}")
+    bad = {k: v for k, v in exit_codes.items() if v != 0}
+    if bad:
+        problems.append(f"roles that did not exit 0 on SIGTERM: {bad}")
+    problems += net.teardown()
+    left_cg = sorted(sandbox_cgroup_dirs() - cg_before)
+    left_pids = [p for p in sandbox_pids(set(left_cg)) if pid_alive(p)]
+    if left_pids:
+        problems.append(f"sandbox processes left: {left_pids} in {left_cg}")
+    if problems and not failed:
+        pytest.fail(f"{what} teardown problems:\n" + "\n".join(problems))
+    elif problems:
+        print("teardown problems:\n" + "\n".join(problems))

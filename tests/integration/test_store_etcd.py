@@ -44,9 +44,8 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 import netns
-from harness import (ACCESS_KEY, BINARY, REGION, REPO, SANITIZER_PATTERNS, SECRET_KEY, SLOW, Server,
-                     create_function, do_invoke, make_zip, pid_alive, sandbox_cgroup_dirs,
-                     sandbox_pids, wait_updated)
+from harness import (ACCESS_KEY, BINARY, REGION, REPO, SECRET_KEY, SLOW, Server, create_function,
+                     do_invoke, make_zip, sandbox_cgroup_dirs, wait_updated)
 
 SUBNET = "10.78.0"
 FE_PORT = 9000
@@ -181,31 +180,8 @@ def hosts(tmp_path, request):
         yield h
     finally:
         failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-        if failed:
-            for name, p in h.roles.items():
-                print(f"----- {name} log tail -----\n" + "\n".join(p.log_text().splitlines()[-25:]))
-        problems = []
-        exit_codes = {}
-        for name in ["fe-1", "fe-2", "w-3", "asg", "placement"]:
-            p = h.roles.get(name)
-            if p is not None and p.alive():
-                exit_codes[name] = p.stop(30 * SLOW)
-        for name, p in h.roles.items():
-            hits = [l for l in p.log_text().splitlines() if any(x in l for x in SANITIZER_PATTERNS)]
-            if hits:
-                problems.append(f"{name}: sanitizer reports: {hits[:5]}")
-        bad = {k: v for k, v in exit_codes.items() if v != 0}
-        if bad:
-            problems.append(f"roles that did not exit 0 on SIGTERM: {bad}")
-        problems += net.teardown()
-        left_cg = sorted(sandbox_cgroup_dirs() - cg_before)
-        left_pids = [p for p in sandbox_pids(set(left_cg)) if pid_alive(p)]
-        if left_pids:
-            problems.append(f"sandbox processes left: {left_pids} in {left_cg}")
-        if problems and not failed:
-            pytest.fail("teardown problems:\n" + "\n".join(problems))
-        elif problems:
-            print("teardown problems:\n" + "\n".join(problems))
+        netns.finish(net, h.roles, ["fe-1", "fe-2", "w-3", "asg", "placement"], cg_before, failed,
+                     "etcd store", 30 * SLOW)
 
 
 def echo_zip(marker):
