@@ -24,7 +24,12 @@
  * the buffered writes, collapsed to one op per key.  A failed compare
  * means another writer got there first: commit fails with STORE_ECONFLICT
  * and nothing is written.  A mutating call outside a transaction runs in a
- * transaction of its own.  Listings read the committed state at one
+ * transaction of its own.  The control plane reads a document before
+ * store_begin and writes it inside (read, validate, modify, write): reads
+ * outside transactions are remembered for SEEN_MS, and a transaction that
+ * reads or writes such a key compares against the revision seen then, so
+ * a change made meanwhile by another frontend is a conflict, not a lost
+ * update.  Listings read the committed state at one
  * revision (paged) with the transaction's own writes laid over it; they
  * are not part of the compares (a concurrent insert into a listed range
  * is not a conflict).
@@ -49,6 +54,8 @@
 #define CHUNK_SIZE   (512u * 1024u)
 #define PAGE         100                   /* documents per range page */
 #define MAX_CODE     (1024ull * 1024 * 1024) /* a manifest claiming more is refused */
+#define SEEN_MAX     64                    /* reads outside transactions remembered */
+#define SEEN_MS      10000                 /* ... for this long (ms) */
 
 /* One buffered write: a put (val), a delete of key, or of [key, end). */
 typedef struct wop {
@@ -64,11 +71,23 @@ typedef struct rd {
     char *val;
 } rd_t;
 
+/* A key read outside a transaction, remembered for a while: the control
+ * plane reads a document, decides, then writes it in a transaction. */
+typedef struct seen {
+    char *key;
+    bool present;
+    int64_t mod;
+    uint64_t at_ms;
+} seen_t;
+
 typedef struct se {
     store_t base;
     etcd_t *e;
     char *prefix;
+    seen_t seen[SEEN_MAX]; /* ring of recent reads outside transactions */
+    size_t seen_next;
     bool in_txn;
+    char *stale;           /* a key this transaction found changed since it was seen */
     rd_t *reads;
     size_t nreads;
     wop_t *writes;
@@ -111,6 +130,8 @@ static void txn_clear(se_t *se)
     se->writes = NULL;
     se->nreads = se->nwrites = 0;
     se->in_txn = false;
+    free(se->stale);
+    se->stale = NULL;
 }
 
 static int se_begin(store_t *s, err_t *err)
@@ -124,8 +145,62 @@ static int se_begin(store_t *s, err_t *err)
 
 static void se_rollback(store_t *s) { txn_clear(SE(s)); }
 
+/* The recent outside read of key, or NULL. */
+static seen_t *seen_get(se_t *se, const char *key)
+{
+    uint64_t now = now_mono_ms();
+    for (size_t i = 0; i < SEEN_MAX; i++)
+        if (se->seen[i].key && !strcmp(se->seen[i].key, key) && now - se->seen[i].at_ms < SEEN_MS)
+            return &se->seen[i];
+    return NULL;
+}
+
+static void seen_note(se_t *se, const char *key, bool present, int64_t mod)
+{
+    seen_t *e = NULL;
+    for (size_t i = 0; i < SEEN_MAX && !e; i++)
+        if (se->seen[i].key && !strcmp(se->seen[i].key, key))
+            e = &se->seen[i];
+    if (!e) {
+        e = &se->seen[se->seen_next];
+        se->seen_next = (se->seen_next + 1) % SEEN_MAX;
+        free(e->key);
+        e->key = xstrdup(key);
+    }
+    e->present = present;
+    e->mod = mod;
+    e->at_ms = now_mono_ms();
+}
+
+static void seen_clear(se_t *se)
+{
+    for (size_t i = 0; i < SEEN_MAX; i++) {
+        free(se->seen[i].key);
+        se->seen[i].key = NULL;
+    }
+}
+
+static bool was_read(se_t *se, const char *key)
+{
+    for (size_t i = 0; i < se->nreads; i++)
+        if (!strcmp(se->reads[i].key, key))
+            return true;
+    return false;
+}
+
+static void add_read(se_t *se, const char *key, bool present, int64_t mod, const char *val)
+{
+    se->reads = xrealloc(se->reads, (se->nreads + 1) * sizeof *se->reads);
+    se->reads[se->nreads++] = (rd_t){xstrdup(key), present, mod, val ? xstrdup(val) : NULL};
+}
+
 static void add_write(se_t *se, const char *key, const char *end, const char *val)
 {
+    /* a write of a key read before the transaction (not inside): it must
+     * still be as it was then */
+    seen_t *sn = end ? NULL : seen_get(se, key);
+    if (sn && !was_read(se, key))
+        add_read(se, key, sn->present, sn->mod, NULL);
     se->writes = xrealloc(se->writes, (se->nwrites + 1) * sizeof *se->writes);
     se->writes[se->nwrites++] = (wop_t){xstrdup(key), end ? xstrdup(end) : NULL,
                                         val ? xstrdup(val) : NULL};
@@ -158,9 +233,12 @@ static int get(se_t *se, const char *key, char **val, err_t *err)
     if (etcd_get(se->e, key, &kv, NULL, err) < 0)
         return -1;
     if (se->in_txn) {
-        se->reads = xrealloc(se->reads, (se->nreads + 1) * sizeof *se->reads);
-        se->reads[se->nreads++] = (rd_t){xstrdup(key), kv.present, kv.mod_rev,
-                                         kv.present ? xstrdup((char *)kv.val) : NULL};
+        seen_t *sn = seen_get(se, key);
+        if (sn && (sn->present != kv.present || sn->mod != kv.mod_rev) && !se->stale)
+            se->stale = xstrdup(key);
+        add_read(se, key, kv.present, kv.mod_rev, kv.present ? (char *)kv.val : NULL);
+    } else {
+        seen_note(se, key, kv.present, kv.mod_rev);
     }
     int rc = kv.present ? 1 : 0;
     if (kv.present)
@@ -206,6 +284,10 @@ static int commit_writes(se_t *se, err_t *err)
 {
     if (se->nwrites == 0)
         return 0; /* read-only: nothing to validate against */
+    if (se->stale)
+        return err_set(err, STORE_ECONFLICT,
+                       "The operation cannot be performed at this time: the function was changed "
+                       "by another request at the same time; try again");
     json_t *cmps = json_array(), *succ = json_array();
     for (size_t i = 0; i < se->nreads; i++)
         json_array_append_new(cmps, se->reads[i].present
@@ -240,7 +322,21 @@ static int commit_writes(se_t *se, err_t *err)
     bool ok;
     if (etcd_txn(se->e, cmps, succ, NULL, &resp, &ok, err) < 0)
         return -1;
+    int64_t rev = etcd_resp_revision(resp);
     json_decref(resp);
+    /* what this host wrote is what it has seen: a later read-modify-write
+     * of the same keys compares against these revisions */
+    for (size_t i = 0; ok && i < se->nwrites; i++) {
+        const wop_t *w = &se->writes[i];
+        for (size_t j = 0; j < SEEN_MAX; j++) {
+            seen_t *sn = &se->seen[j];
+            if (sn->key && in_range(sn->key, w)) {
+                sn->present = w->val != NULL;
+                sn->mod = w->val ? rev : 0;
+                sn->at_ms = now_mono_ms();
+            }
+        }
+    }
     if (!ok)
         return err_set(err, STORE_ECONFLICT,
                        "The operation cannot be performed at this time: the function was changed "
@@ -873,6 +969,7 @@ static void se_close(store_t *s)
 {
     se_t *se = SE(s);
     txn_clear(se);
+    seen_clear(se);
     etcd_close(se->e);
     free(se->prefix);
     store_base_free(s);
