@@ -431,6 +431,8 @@ int store_resolve(store_t *s, const char *ref, const char *qualifier, fn_config_
             q = xstrdup(qualifier);
     }
     char *arn = xasprintf("arn:aws:lambda:%s:%s:function:%s", s->region, s->account, name);
+    if (s->ops->resolve_prefetch)
+        s->ops->resolve_prefetch(s, name, q);
     json_t *cfg = store_fn_get(s, name);
     json_t *alias = NULL;
     const char *version = "$LATEST";
@@ -504,6 +506,8 @@ int store_resolve(store_t *s, const char *ref, const char *qualifier, fn_config_
     json_decref(eic);
     *out = c;
 done:
+    if (s->ops->resolve_done)
+        s->ops->resolve_done(s);
     json_decref(cfg);
     json_decref(alias);
     free(arn);

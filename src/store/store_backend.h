@@ -56,6 +56,11 @@ typedef struct store_ops {
      * hex (verified against hex), or -1/err (ENOENT: not stored). */
     int (*put_code)(store_t *s, const void *zip, size_t len, const char *hex, err_t *err);
     int (*fetch_code)(store_t *s, const char *hex, void **zip, size_t *len, err_t *err);
+    /* Optional: store_resolve is about to read the documents of
+     * name[:qual] outside a transaction: read them in one request and
+     * answer those reads from it until resolve_done. */
+    void (*resolve_prefetch)(store_t *s, const char *name, const char *qual);
+    void (*resolve_done)(store_t *s);
 } store_ops_t;
 
 struct store {

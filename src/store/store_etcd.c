@@ -56,6 +56,7 @@
 #define MAX_CODE     (1024ull * 1024 * 1024) /* a manifest claiming more is refused */
 #define SEEN_MAX     64                    /* reads outside transactions remembered */
 #define SEEN_MS      10000                 /* ... for this long (ms) */
+#define RESERVED_MS  1000                  /* another host's concurrency change shows this late */
 
 /* One buffered write: a put (val), a delete of key, or of [key, end). */
 typedef struct wop {
@@ -86,6 +87,10 @@ typedef struct se {
     char *prefix;
     seen_t seen[SEEN_MAX]; /* ring of recent reads outside transactions */
     size_t seen_next;
+    int reserved_sum;      /* store_total_reserved, cached (every invoke asks) */
+    uint64_t reserved_at_ms; /* when it was read; 0: not cached */
+    json_t *prefetched;    /* key -> value or null (absent), during a resolve */
+    json_t *prefetched_mod; /* key -> mod_revision */
     bool in_txn;
     char *stale;           /* a key this transaction found changed since it was seen */
     rd_t *reads;
@@ -229,6 +234,15 @@ static int get(se_t *se, const char *key, char **val, err_t *err)
             return 1;
         }
     }
+    json_t *pv = se->in_txn || !se->prefetched ? NULL : json_object_get(se->prefetched, key);
+    if (pv) { /* read with the others of this resolve */
+        seen_note(se, key, !json_is_null(pv),
+                  json_integer_value(json_object_get(se->prefetched_mod, key)));
+        if (json_is_null(pv))
+            return 0;
+        *val = xstrdup(json_string_value(pv));
+        return 1;
+    }
     etcd_kv_t kv;
     if (etcd_get(se->e, key, &kv, NULL, err) < 0)
         return -1;
@@ -326,6 +340,7 @@ static int commit_writes(se_t *se, err_t *err)
     json_decref(resp);
     /* what this host wrote is what it has seen: a later read-modify-write
      * of the same keys compares against these revisions */
+    se->reserved_at_ms = 0; /* (any commit: cheap to read again) */
     for (size_t i = 0; ok && i < se->nwrites; i++) {
         const wop_t *w = &se->writes[i];
         for (size_t j = 0; j < SEEN_MAX; j++) {
@@ -598,7 +613,20 @@ static int se_set_reserved(store_t *s, const char *name, int n, err_t *err)
     return (int)auto_end(SE(s), own, set_reserved(SE(s), name, n, err), err);
 }
 
-static int se_total_reserved(store_t *s) { return (int)sum_of(SE(s), "reserved"); }
+/* Asked on every invoke: cached for RESERVED_MS (this host's own changes
+ * drop the cache at commit). */
+static int se_total_reserved(store_t *s)
+{
+    se_t *se = SE(s);
+    if (se->in_txn)
+        return (int)sum_of(se, "reserved");
+    uint64_t now = now_mono_ms();
+    if (!se->reserved_at_ms || now - se->reserved_at_ms >= RESERVED_MS) {
+        se->reserved_sum = (int)sum_of(se, "reserved");
+        se->reserved_at_ms = now;
+    }
+    return se->reserved_sum;
+}
 static uint64_t se_total_code_size(store_t *s) { return (uint64_t)sum_of(SE(s), "codesize"); }
 
 /* ---- versions ---- */
@@ -963,6 +991,62 @@ static int se_fetch_code(store_t *s, const char *hex, void **zip_out, size_t *le
     return 0;
 }
 
+/* ---- resolve: its reads in one request ---- */
+
+static void se_resolve_done(store_t *s)
+{
+    se_t *se = SE(s);
+    json_decref(se->prefetched);
+    json_decref(se->prefetched_mod);
+    se->prefetched = se->prefetched_mod = NULL;
+}
+
+static void se_resolve_prefetch(store_t *s, const char *name, const char *qual)
+{
+    se_t *se = SE(s);
+    se_resolve_done(s);
+    if (se->in_txn)
+        return;
+    char *keys[5];
+    size_t n = 0;
+    keys[n++] = key_of(se, "latest", name, NULL);
+    keys[n++] = key_of(se, "reserved", name, NULL);
+    keys[n++] = key_of(se, "eic", name, qual ? qual : "$LATEST");
+    if (qual && strcmp(qual, "$LATEST")) {
+        char *end;
+        long v = strtol(qual, &end, 10);
+        if (*qual && !*end) {
+            char num[24];
+            vnum(v, num);
+            keys[n++] = key_of(se, "version", name, num);
+        } else {
+            keys[n++] = key_of(se, "alias", name, qual);
+        }
+    }
+    json_t *succ = json_array(), *resp;
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(succ, etcd_op_range(keys[i], NULL, 0));
+    bool ok;
+    err_t err = {0};
+    if (etcd_txn(se->e, NULL, succ, NULL, &resp, &ok, &err) == 0) {
+        json_t *vals = json_object(), *mods = json_object();
+        for (size_t i = 0; i < n; i++) {
+            etcd_kv_t kv;
+            if (etcd_txn_kv(resp, i, &kv, &err) < 0)
+                break;
+            json_object_set_new(vals, keys[i], kv.present ? json_stringn((char *)kv.val, kv.vlen)
+                                                          : json_null());
+            json_object_set_new(mods, keys[i], json_integer(kv.mod_rev));
+            etcd_kv_free(&kv);
+        }
+        se->prefetched = vals;
+        se->prefetched_mod = mods;
+        json_decref(resp);
+    } /* else: the reads go one by one (and say why) */
+    for (size_t i = 0; i < n; i++)
+        free(keys[i]);
+}
+
 /* ---- open / close ---- */
 
 static void se_close(store_t *s)
@@ -970,6 +1054,7 @@ static void se_close(store_t *s)
     se_t *se = SE(s);
     txn_clear(se);
     seen_clear(se);
+    se_resolve_done(s);
     etcd_close(se->e);
     free(se->prefix);
     store_base_free(s);
@@ -1010,6 +1095,8 @@ static const store_ops_t etcd_ops = {
     .tags_set = se_tags_set,
     .put_code = se_put_code,
     .fetch_code = se_fetch_code,
+    .resolve_prefetch = se_resolve_prefetch,
+    .resolve_done = se_resolve_done,
 };
 
 store_t *store_etcd_open(const char *endpoints, const char *prefix, const char *data_dir,
