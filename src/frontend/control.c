@@ -179,6 +179,11 @@ static int bad_content(ctx_t *c, const char *what)
 
 static int server_error(ctx_t *c, const err_t *e)
 {
+    if (e->code == STORE_ECONFLICT) { /* lost an optimistic race (etcd store) */
+        log_info("control", "%s: %s", c->op, e->msg);
+        api_error(c->resp, 409, "ResourceConflictException", "%s", e->msg);
+        return -1;
+    }
     log_error("control", "%s: %s", c->op, e->msg);
     api_error(c->resp, 500, "ServiceException", "Internal error: %s", e->msg);
     return -1;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/etcd.h"
 #include "common/util.h"
 #include "journal/journal.h"
 
@@ -22,18 +23,12 @@ journal_t *journal_open(const char *spec, err_t *err)
     if (!strncmp(spec, "file:", 5))
         return journal_file_open(spec + 5, err);
     if (!strncmp(spec, "etcd:", 5)) {
-        const char *rest = spec + 5, *semi = strchr(rest, ';');
-        char *endpoints = semi ? xstrndup(rest, (size_t)(semi - rest)) : xstrdup(rest);
-        const char *prefix = "/flicker";
-        if (semi && strncmp(semi + 1, "prefix=", 7)) {
-            err_set(err, EINVAL, "journal: unknown option in \"%s\" (only ;prefix=P)", spec);
-            free(endpoints);
+        char *endpoints, *prefix;
+        if (etcd_parse_spec(spec, "/flicker", "journal", &endpoints, &prefix, err) < 0)
             return NULL;
-        }
-        if (semi)
-            prefix = semi + 8;
         journal_t *j = journal_etcd_open(endpoints, prefix, err);
         free(endpoints);
+        free(prefix);
         return j;
     }
     err_set(err, EINVAL, "journal: unknown spec \"%s\" (want file:DIR or etcd:ENDPOINTS[;prefix=P])", spec);

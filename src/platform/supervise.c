@@ -397,7 +397,7 @@ static void ready_gate_start(supervisor_t *s)
 
 int supervise_main(const char *host, int port, const char *data_arg, bool no_auth, int keep_alive_s,
                    int account_concurrency, int workers, int shards, const char *isolation,
-                   int argc, char **argv)
+                   const char *store, int argc, char **argv)
 {
     err_t err = {0};
     char data[PATH_MAX];
@@ -514,6 +514,10 @@ int supervise_main(const char *host, int port, const char *data_arg, bool no_aut
         add_arg(r, buf);
         add_arg(r, "--isolation");
         add_arg(r, isolation);
+        if (store && strcmp(store, "sqlite")) { /* workers fetch code from it */
+            add_arg(r, "--store");
+            add_arg(r, store);
+        }
     }
 
     /* The frontend gets up's own flags (minus the supervisor's) plus where

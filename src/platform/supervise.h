@@ -10,5 +10,5 @@
  * the frontend).  Returns 0 when every role stopped cleanly. */
 int supervise_main(const char *host, int port, const char *data_dir, bool no_auth, int keep_alive_s,
                    int account_concurrency, int workers, int shards, const char *isolation,
-                   int argc, char **argv);
+                   const char *store, int argc, char **argv);
 #endif

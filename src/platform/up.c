@@ -57,6 +57,7 @@ typedef struct up_options {
     const char *placement;    /* serve frontend: placement address */
     bool frontend_only;       /* serve frontend */
     const char *isolation;    /* default isolation backend: sandbox or microvm */
+    const char *store;        /* store spec: sqlite (default) or etcd:... */
 } up_options_t;
 
 typedef struct platform {
@@ -90,6 +91,10 @@ static void usage_up(FILE *f)
            "                            flicker:isolation overrides it)\n"
            "  --cluster-key-file PATH   the roles authenticate their internal RPC with this\n"
            "                            shared key (mode 600, >= 16 bytes; docs/rpc.md)\n"
+           "  --store SPEC              where functions, versions, aliases and code live:\n"
+           "                            sqlite (default: DATA/flicker.db) or\n"
+           "                            etcd:URL,URL,...[;prefix=/p] (shared by every host;\n"
+           "                            given to the frontend and the workers)\n"
            "  --verbose                 debug logging\n");
 }
 
@@ -111,6 +116,10 @@ static void usage_frontend(FILE *f)
            "  --region REGION           region in ARNs (default us-east-1)\n"
            "  --grace SECONDS           on stop, wait this long for in-flight invokes (default 5)\n"
            "  --async-retry-delays A,B  Event retry delays after function errors (default 60,120)\n"
+           "  --store SPEC              where functions, versions, aliases and code live:\n"
+           "                            sqlite (default: DATA/flicker.db) or\n"
+           "                            etcd:URL,URL,...[;prefix=/p] (shared by every host;\n"
+           "                            the Event queue stays in DATA on this host)\n"
            "  --verbose                 debug logging\n");
 }
 
@@ -227,6 +236,7 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
         {"isolation", required_argument, 0, 'I'},
         {"assignment-shards", required_argument, 0, 'N'},
         {"cluster-key-file", required_argument, 0, 'K'},
+        {"store", required_argument, 0, 'T'},
         {0, 0, 0, 0},
     };
     int c;
@@ -269,6 +279,13 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
             break;
         }
         case 'A': o->assignment = optarg; break;
+        case 'T':
+            if (strcmp(optarg, "sqlite") && strncmp(optarg, "etcd:", 5)) {
+                fprintf(stderr, "%s: --store wants sqlite or etcd:URL,...[;prefix=/p]\n", who);
+                return 2;
+            }
+            o->store = optarg;
+            break;
         case 'P': o->placement = optarg; break;
         case 'I':
             if (strcmp(optarg, "sandbox") && strcmp(optarg, "microvm")) {
@@ -307,7 +324,7 @@ static int parse_options(int argc, char **argv, up_options_t *o, const char *who
 static const up_options_t default_options = {
     .host = "127.0.0.1", .port = 9000, .data = "./.flicker", .keep_alive_s = 600,
     .account_concurrency = 1000, .region = "us-east-1", .account_id = "000000000000",
-    .grace_s = 5, .retry_delays = {60, 120}, .workers = 1, .shards = 1, .isolation = "sandbox",
+    .grace_s = 5, .retry_delays = {60, 120}, .workers = 1, .shards = 1, .isolation = "sandbox", .store = "sqlite",
 };
 
 static int run(up_options_t o);
@@ -321,7 +338,8 @@ int up_main(int argc, char **argv)
         return rc;
     if (o.split)
         return supervise_main(o.host, o.port, o.data, o.no_auth, o.keep_alive_s,
-                              o.account_concurrency, o.workers, o.shards, o.isolation, argc, argv);
+                              o.account_concurrency, o.workers, o.shards, o.isolation, o.store,
+                              argc, argv);
     return run(o);
 }
 
@@ -395,7 +413,7 @@ static int run(up_options_t o)
     }
     if (!o.frontend_only && start_microvms(o.isolation, data) < 0)
         goto out;
-    store = store_open(data, o.region, o.account_id, &err);
+    store = store_open_spec(o.store, data, o.region, o.account_id, &err);
     if (!store) {
         log_error("up", "store: %s", err.msg);
         goto out;
@@ -424,6 +442,9 @@ static int run(up_options_t o)
         .logs = logs,
         .isolation = o.isolation,
         .state_dir = data,
+        /* embedded with a shared store: code made on another host is
+         * fetched by the in-process worker (same loop thread as the store) */
+        .code_store = store_is_distributed(store) ? store : NULL,
     };
     if (o.frontend_only) {
         backend = backend_remote_new(base, o.assignment, o.placement, data, o.account_concurrency,

@@ -22,6 +22,8 @@ json_t *fn_config_to_json(const fn_config_t *c)
                           c->max_event_age_s);
     if (!c->env_vars) /* json_pack's O took a reference to a fresh object */
         json_decref(json_object_get(o, "env_vars"));
+    if (c->code_hex && *c->code_hex)
+        json_object_set_new(o, "code_hex", json_string(c->code_hex));
     if (c->alias)
         json_object_set_new(o, "alias", json_string(c->alias));
     if (c->on_success)
@@ -71,6 +73,7 @@ fn_config_t *fn_config_from_json(json_t *o, err_t *err)
     c->revision_id = take(o, "revision_id", &missing);
     c->config_key = take(o, "config_key", &missing);
     c->qualified_arn = take(o, "qualified_arn", &missing);
+    c->code_hex = take_opt(o, "code_hex");
     c->alias = take_opt(o, "alias");
     c->on_success = take_opt(o, "on_success");
     c->on_failure = take_opt(o, "on_failure");

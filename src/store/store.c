@@ -1,158 +1,34 @@
-/* store.c - SQLite-backed function metadata and content-addressed code.
+/* store.c - the store's API (store.h) over a metadata backend, and the
+ * code kept on this host.
  *
- * Schema (version 1, recorded in schema_version):
- *   functions(name PK, config JSON of $LATEST, code_size, reserved NULL|n,
- *             last_version: highest version number ever allocated)
- *   versions(name, version, config JSON, code_size)   PK(name, version)
- *   aliases(name, alias, config JSON)                  PK(name, alias)
- *   tags(name, key, value)                             PK(name, key)
- *   event_invoke(name, qualifier, config JSON)         PK(name, qualifier)
- * The database runs in WAL mode with a busy timeout; multi-step changes are
- * wrapped in store_begin/store_commit by the caller.  Code lives outside
- * the database: DATA/blobs/<hex>.zip and DATA/code/<hex>/ (extracted into
- * DATA/code/.tmp-<uuid> first, then renamed, so a code dir is always whole).
- * Code is never garbage-collected here (a deleted function's code may still
- * be in use by a draining environment). */
+ * Metadata lives in a backend chosen at open (store_backend.h): SQLite on
+ * this host (store_sqlite.c, the default) or etcd (store_etcd.c).  What is
+ * the same for both lives here: function reference parsing, store_resolve,
+ * and code.  Code is kept on the local disk as DATA/blobs/<hex>.zip and
+ * DATA/code/<hex>/ (extracted into DATA/code/.tmp-<uuid> first, then
+ * renamed, so a code dir is always whole); a distributed backend also
+ * keeps each zip where other hosts fetch it (store_ensure_code).  Code is
+ * never garbage-collected here (a deleted function's code may still be in
+ * use by a draining environment). */
 #include "store/store.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
-#include <sqlite3.h>
-#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/etcd.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "store/codezip.h"
-
-#define SCHEMA_VERSION 1
-
-struct store {
-    sqlite3 *db;
-    char *data_dir;
-    char *region;
-    char *account;
-    uint64_t max_unzipped;
-};
-
-static const char *SCHEMA =
-    "CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS functions(name TEXT PRIMARY KEY, config TEXT NOT NULL,"
-    " code_size INTEGER NOT NULL, reserved INTEGER, last_version INTEGER NOT NULL DEFAULT 0);"
-    "CREATE TABLE IF NOT EXISTS versions(name TEXT NOT NULL, version INTEGER NOT NULL,"
-    " config TEXT NOT NULL, code_size INTEGER NOT NULL, PRIMARY KEY(name, version));"
-    "CREATE TABLE IF NOT EXISTS aliases(name TEXT NOT NULL, alias TEXT NOT NULL,"
-    " config TEXT NOT NULL, PRIMARY KEY(name, alias));"
-    "CREATE TABLE IF NOT EXISTS tags(name TEXT NOT NULL, key TEXT NOT NULL,"
-    " value TEXT NOT NULL, PRIMARY KEY(name, key));"
-    "CREATE TABLE IF NOT EXISTS event_invoke(name TEXT NOT NULL, qualifier TEXT NOT NULL,"
-    " config TEXT NOT NULL, PRIMARY KEY(name, qualifier));";
-
-/* ---- small SQL helpers ---- */
-
-/* Prepares sql and binds args described by fmt: 's' text, 'i' int64. */
-static sqlite3_stmt *prep(store_t *s, const char *sql, const char *fmt, va_list ap)
-{
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
-        log_error("store", "prepare %s: %s", sql, sqlite3_errmsg(s->db));
-        return NULL;
-    }
-    for (int i = 0; fmt && fmt[i]; i++) {
-        if (fmt[i] == 's')
-            sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1, SQLITE_TRANSIENT);
-        else
-            sqlite3_bind_int64(st, i + 1, va_arg(ap, long long));
-    }
-    return st;
-}
-
-/* Runs a statement without results; returns 0, or -1/err (EEXIST on a
- * constraint violation, EIO otherwise). */
-static int exec_args(store_t *s, err_t *err, const char *sql, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    sqlite3_stmt *st = prep(s, sql, fmt, ap);
-    va_end(ap);
-    if (!st)
-        return err_set(err, EIO, "database error: %s", sqlite3_errmsg(s->db));
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
-        return 0;
-    if (rc == SQLITE_CONSTRAINT)
-        return err_set(err, EEXIST, "already exists");
-    return err_set(err, EIO, "database error: %s", sqlite3_errstr(rc));
-}
-
-/* Returns the first column of the first row as a parsed JSON value. */
-static json_t *query_json(store_t *s, const char *sql, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    sqlite3_stmt *st = prep(s, sql, fmt, ap);
-    va_end(ap);
-    if (!st)
-        return NULL;
-    json_t *out = NULL;
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        const char *txt = (const char *)sqlite3_column_text(st, 0);
-        if (txt)
-            out = json_loads(txt, 0, NULL);
-    }
-    sqlite3_finalize(st);
-    return out;
-}
-
-/* Returns every row's first column, parsed, as a JSON array. */
-static json_t *query_json_array(store_t *s, const char *sql, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    sqlite3_stmt *st = prep(s, sql, fmt, ap);
-    va_end(ap);
-    json_t *arr = json_array();
-    if (!st)
-        return arr;
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        const char *txt = (const char *)sqlite3_column_text(st, 0);
-        json_t *v = txt ? json_loads(txt, 0, NULL) : NULL;
-        if (v)
-            json_array_append_new(arr, v);
-    }
-    sqlite3_finalize(st);
-    return arr;
-}
-
-/* Returns the first column of the first row as an integer, or dflt when
- * there is no row or it is NULL. */
-static long long query_int(store_t *s, long long dflt, const char *sql, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    sqlite3_stmt *st = prep(s, sql, fmt, ap);
-    va_end(ap);
-    if (!st)
-        return dflt;
-    long long out = dflt;
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-        out = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return out;
-}
-
-static char *dumps(json_t *v) { return json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS); }
-
-static long long code_size_of(json_t *cfg)
-{
-    return json_integer_value(json_object_get(cfg, "CodeSize"));
-}
+#include "store/store_backend.h"
 
 /* ---- open / close ---- */
 
@@ -174,342 +50,113 @@ static void clean_tmp(const char *code_dir)
     closedir(d);
 }
 
-store_t *store_open(const char *data_dir, const char *region, const char *account_id, err_t *err)
+void store_base_init(store_t *b, const store_ops_t *ops, const char *data_dir,
+                     const char *region, const char *account)
 {
+    b->ops = ops;
+    b->data_dir = xstrdup(data_dir);
+    b->region = xstrdup(region);
+    b->account = xstrdup(account);
+    b->max_unzipped = CODEZIP_MAX_UNZIPPED;
+}
+
+void store_base_free(store_t *b)
+{
+    free(b->data_dir);
+    free(b->region);
+    free(b->account);
+}
+
+static store_t *open_spec(const char *spec, const char *data_dir, const char *region,
+                          const char *account_id, bool clean, err_t *err)
+{
+    bool etcd = spec && !strncmp(spec, "etcd:", 5);
+    char *endpoints = NULL, *prefix = NULL;
+    if (spec && *spec && strcmp(spec, "sqlite") && !etcd) {
+        err_set(err, EINVAL, "store: unknown spec \"%s\" (want sqlite or etcd:ENDPOINTS[;prefix=P])",
+                spec);
+        return NULL;
+    }
+    if (etcd && etcd_parse_spec(spec, STORE_ETCD_PREFIX, "store", &endpoints, &prefix, err) < 0)
+        return NULL;
     char *blobs = xasprintf("%s/blobs", data_dir);
     char *code = xasprintf("%s/code", data_dir);
     int rc = mkdir_p(blobs, 0755, err);
     if (rc == 0)
         rc = mkdir_p(code, 0755, err);
-    if (rc == 0)
+    if (rc == 0 && clean)
         clean_tmp(code);
     free(blobs);
     free(code);
-    if (rc < 0)
-        return NULL;
-    store_t *s = xcalloc(1, sizeof *s);
-    s->data_dir = xstrdup(data_dir);
-    s->region = xstrdup(region);
-    s->account = xstrdup(account_id);
-    s->max_unzipped = CODEZIP_MAX_UNZIPPED;
-    char *path = xasprintf("%s/flicker.db", data_dir);
-    int src = sqlite3_open_v2(path, &s->db,
-                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                              NULL);
-    free(path);
-    if (src != SQLITE_OK) {
-        err_set(err, EIO, "open database in %s: %s", data_dir,
-                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
-        store_close(s);
-        return NULL;
-    }
-    sqlite3_busy_timeout(s->db, 5000);
-    char *emsg = NULL;
-    if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", NULL, NULL,
-                     &emsg) != SQLITE_OK ||
-        sqlite3_exec(s->db, SCHEMA, NULL, NULL, &emsg) != SQLITE_OK) {
-        err_set(err, EIO, "initialize database: %s", emsg ? emsg : "?");
-        sqlite3_free(emsg);
-        store_close(s);
-        return NULL;
-    }
-    long long ver = query_int(s, -1, "SELECT version FROM schema_version", NULL);
-    if (ver < 0) {
-        exec_args(s, NULL, "INSERT INTO schema_version(version) VALUES(?)", "i",
-                  (long long)SCHEMA_VERSION);
-    } else if (ver != SCHEMA_VERSION) {
-        err_set(err, EINVAL, "database schema version %lld is not supported (want %d)", ver,
-                SCHEMA_VERSION);
-        store_close(s);
-        return NULL;
-    }
+    store_t *s = NULL;
+    if (rc == 0)
+        s = etcd ? store_etcd_open(endpoints, prefix, data_dir, region, account_id, err)
+                 : store_sqlite_open(data_dir, region, account_id, err);
+    free(endpoints);
+    free(prefix);
     return s;
+}
+
+store_t *store_open_spec(const char *spec, const char *data_dir, const char *region,
+                         const char *account_id, err_t *err)
+{
+    return open_spec(spec, data_dir, region, account_id, true, err);
+}
+
+store_t *store_open_worker(const char *spec, const char *data_dir, err_t *err)
+{
+    return open_spec(spec, data_dir, "-", "-", false, err);
+}
+
+store_t *store_open(const char *data_dir, const char *region, const char *account_id, err_t *err)
+{
+    return store_open_spec("sqlite", data_dir, region, account_id, err);
 }
 
 void store_close(store_t *s)
 {
-    if (!s)
-        return;
-    if (s->db)
-        sqlite3_close(s->db);
-    free(s->data_dir);
-    free(s->region);
-    free(s->account);
-    free(s);
+    if (s)
+        s->ops->close(s);
 }
 
 const char *store_region(store_t *s) { return s->region; }
 const char *store_account(store_t *s) { return s->account; }
 const char *store_data_dir(store_t *s) { return s->data_dir; }
 void store_set_unzipped_limit(store_t *s, uint64_t limit) { s->max_unzipped = limit; }
+int store_is_distributed(store_t *s) { return s->ops->fetch_code != NULL; }
 
-int store_begin(store_t *s, err_t *err) { return exec_args(s, err, "BEGIN IMMEDIATE", NULL); }
-int store_commit(store_t *s, err_t *err) { return exec_args(s, err, "COMMIT", NULL); }
-void store_rollback(store_t *s)
-{
-    if (!sqlite3_get_autocommit(s->db))
-        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-}
+/* ---- the API: each call goes to the backend ---- */
 
-/* ---- functions ---- */
-
-json_t *store_fn_get(store_t *s, const char *name)
-{
-    return query_json(s, "SELECT config FROM functions WHERE name=?", "s", name);
-}
-
-int store_fn_insert(store_t *s, const char *name, json_t *latest, err_t *err)
-{
-    char *txt = dumps(latest);
-    int rc = exec_args(s, err, "INSERT INTO functions(name, config, code_size) VALUES(?,?,?)",
-                       "ssi", name, txt, code_size_of(latest));
-    free(txt);
-    return rc;
-}
-
-int store_fn_update(store_t *s, const char *name, json_t *latest, err_t *err)
-{
-    char *txt = dumps(latest);
-    int rc = exec_args(s, err, "UPDATE functions SET config=?, code_size=? WHERE name=?", "sis",
-                       txt, code_size_of(latest), name);
-    free(txt);
-    if (rc == 0 && sqlite3_changes(s->db) == 0)
-        return err_set(err, ENOENT, "function %s not found", name);
-    return rc;
-}
-
-int store_fn_delete(store_t *s, const char *name, err_t *err)
-{
-    /* a savepoint nests inside a caller's transaction, or is one */
-    if (exec_args(s, err, "SAVEPOINT fn_delete", NULL) < 0)
-        return -1;
-    int rc = exec_args(s, err, "DELETE FROM functions WHERE name=?", "s", name);
-    if (rc == 0 && sqlite3_changes(s->db) == 0)
-        rc = err_set(err, ENOENT, "function %s not found", name);
-    if (rc == 0)
-        rc = exec_args(s, err, "DELETE FROM versions WHERE name=?", "s", name);
-    if (rc == 0)
-        rc = exec_args(s, err, "DELETE FROM aliases WHERE name=?", "s", name);
-    if (rc == 0)
-        rc = exec_args(s, err, "DELETE FROM tags WHERE name=?", "s", name);
-    if (rc == 0)
-        rc = exec_args(s, err, "DELETE FROM event_invoke WHERE name=?", "s", name);
-    if (rc < 0)
-        exec_args(s, NULL, "ROLLBACK TO fn_delete", NULL);
-    exec_args(s, NULL, "RELEASE fn_delete", NULL);
-    return rc;
-}
-
-json_t *store_fn_list(store_t *s)
-{
-    return query_json_array(s, "SELECT config FROM functions ORDER BY name", NULL);
-}
-
-int store_fn_count(store_t *s)
-{
-    return (int)query_int(s, 0, "SELECT COUNT(*) FROM functions", NULL);
-}
-
-int store_get_reserved(store_t *s, const char *name)
-{
-    return (int)query_int(s, -1, "SELECT reserved FROM functions WHERE name=?", "s", name);
-}
-
-int store_set_reserved(store_t *s, const char *name, int n, err_t *err)
-{
-    int rc = n >= 0 ? exec_args(s, err, "UPDATE functions SET reserved=? WHERE name=?", "is",
-                                (long long)n, name)
-                    : exec_args(s, err, "UPDATE functions SET reserved=NULL WHERE name=?", "s",
-                                name);
-    if (rc == 0 && sqlite3_changes(s->db) == 0)
-        return err_set(err, ENOENT, "function %s not found", name);
-    return rc;
-}
-
-int store_total_reserved(store_t *s)
-{
-    return (int)query_int(s, 0, "SELECT COALESCE(SUM(reserved),0) FROM functions", NULL);
-}
-
-uint64_t store_total_code_size(store_t *s)
-{
-    long long a = query_int(s, 0, "SELECT COALESCE(SUM(code_size),0) FROM functions", NULL);
-    long long b = query_int(s, 0, "SELECT COALESCE(SUM(code_size),0) FROM versions", NULL);
-    return (uint64_t)(a + b);
-}
-
-/* ---- versions ---- */
-
-long store_next_version(store_t *s, const char *name, err_t *err)
-{
-    if (exec_args(s, err, "UPDATE functions SET last_version=last_version+1 WHERE name=?", "s",
-                  name) < 0)
-        return -1;
-    if (sqlite3_changes(s->db) == 0)
-        return err_set(err, ENOENT, "function %s not found", name);
-    return (long)query_int(s, -1, "SELECT last_version FROM functions WHERE name=?", "s", name);
-}
-
-long store_last_version(store_t *s, const char *name)
-{
-    return (long)query_int(s, 0, "SELECT MAX(version) FROM versions WHERE name=?", "s", name);
-}
-
-json_t *store_version_get(store_t *s, const char *name, long version)
-{
-    return query_json(s, "SELECT config FROM versions WHERE name=? AND version=?", "si", name,
-                      (long long)version);
-}
-
-int store_version_insert(store_t *s, const char *name, long version, json_t *cfg, err_t *err)
-{
-    char *txt = dumps(cfg);
-    int rc = exec_args(s, err,
-                       "INSERT INTO versions(name, version, config, code_size) VALUES(?,?,?,?)",
-                       "sisi", name, (long long)version, txt, code_size_of(cfg));
-    free(txt);
-    return rc;
-}
-
-int store_version_update(store_t *s, const char *name, long version, json_t *cfg, err_t *err)
-{
-    char *txt = dumps(cfg);
-    int rc = exec_args(s, err, "UPDATE versions SET config=? WHERE name=? AND version=?", "ssi",
-                       txt, name, (long long)version);
-    free(txt);
-    if (rc == 0 && sqlite3_changes(s->db) == 0)
-        return err_set(err, ENOENT, "version %ld of %s not found", version, name);
-    return rc;
-}
-
-int store_version_delete(store_t *s, const char *name, long version, err_t *err)
-{
-    if (exec_args(s, err, "DELETE FROM versions WHERE name=? AND version=?", "si", name,
-                  (long long)version) < 0)
-        return -1;
-    if (sqlite3_changes(s->db) == 0)
-        return err_set(err, ENOENT, "version %ld of %s not found", version, name);
-    char num[24];
-    snprintf(num, sizeof num, "%ld", version);
-    return exec_args(s, err, "DELETE FROM event_invoke WHERE name=? AND qualifier=?", "ss", name,
-                     num);
-}
-
-json_t *store_version_list(store_t *s, const char *name)
-{
-    return query_json_array(s, "SELECT config FROM versions WHERE name=? ORDER BY version", "s",
-                            name);
-}
-
-/* ---- aliases ---- */
-
-json_t *store_alias_get(store_t *s, const char *name, const char *alias)
-{
-    return query_json(s, "SELECT config FROM aliases WHERE name=? AND alias=?", "ss", name, alias);
-}
-
-int store_alias_put(store_t *s, const char *name, const char *alias, json_t *cfg, int replace,
-                    err_t *err)
-{
-    char *txt = dumps(cfg);
-    int rc = exec_args(s, err,
-                       replace ? "INSERT OR REPLACE INTO aliases(name, alias, config) VALUES(?,?,?)"
-                               : "INSERT INTO aliases(name, alias, config) VALUES(?,?,?)",
-                       "sss", name, alias, txt);
-    free(txt);
-    return rc;
-}
-
-int store_alias_delete(store_t *s, const char *name, const char *alias, err_t *err)
-{
-    if (exec_args(s, err, "DELETE FROM aliases WHERE name=? AND alias=?", "ss", name, alias) < 0)
-        return -1;
-    if (sqlite3_changes(s->db) == 0)
-        return err_set(err, ENOENT, "alias %s of %s not found", alias, name);
-    return exec_args(s, err, "DELETE FROM event_invoke WHERE name=? AND qualifier=?", "ss", name,
-                     alias);
-}
-
-json_t *store_alias_list(store_t *s, const char *name)
-{
-    return query_json_array(s, "SELECT config FROM aliases WHERE name=? ORDER BY alias", "s",
-                            name);
-}
-
-/* ---- event-invoke configs ---- */
-
-json_t *store_eic_get(store_t *s, const char *name, const char *qual)
-{
-    return query_json(s, "SELECT config FROM event_invoke WHERE name=? AND qualifier=?", "ss",
-                      name, qual);
-}
-
-int store_eic_put(store_t *s, const char *name, const char *qual, json_t *cfg, err_t *err)
-{
-    char *txt = dumps(cfg);
-    int rc = exec_args(s, err,
-                       "INSERT OR REPLACE INTO event_invoke(name, qualifier, config) VALUES(?,?,?)",
-                       "sss", name, qual, txt);
-    free(txt);
-    return rc;
-}
-
-int store_eic_delete(store_t *s, const char *name, const char *qual, err_t *err)
-{
-    if (exec_args(s, err, "DELETE FROM event_invoke WHERE name=? AND qualifier=?", "ss", name,
-                  qual) < 0)
-        return -1;
-    if (sqlite3_changes(s->db) == 0)
-        return err_set(err, ENOENT, "no event invoke config for %s:%s", name, qual);
-    return 0;
-}
-
-json_t *store_eic_list(store_t *s, const char *name)
-{
-    return query_json_array(s, "SELECT config FROM event_invoke WHERE name=? ORDER BY qualifier",
-                            "s", name);
-}
-
-/* ---- tags ---- */
-
-json_t *store_tags_get(store_t *s, const char *name)
-{
-    json_t *obj = json_object();
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(s->db, "SELECT key, value FROM tags WHERE name=? ORDER BY key", -1,
-                           &st, NULL) != SQLITE_OK)
-        return obj;
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        const char *k = (const char *)sqlite3_column_text(st, 0);
-        const char *v = (const char *)sqlite3_column_text(st, 1);
-        if (k && v)
-            json_object_set_new(obj, k, json_string(v));
-    }
-    sqlite3_finalize(st);
-    return obj;
-}
-
-int store_tags_set(store_t *s, const char *name, json_t *obj, err_t *err)
-{
-    if (exec_args(s, err, "SAVEPOINT tags_set", NULL) < 0)
-        return -1;
-    int rc = exec_args(s, err, "DELETE FROM tags WHERE name=?", "s", name);
-    const char *k;
-    json_t *v;
-    json_object_foreach(obj, k, v)
-    {
-        if (rc < 0)
-            break;
-        if (json_is_string(v))
-            rc = exec_args(s, err, "INSERT INTO tags(name, key, value) VALUES(?,?,?)", "sss",
-                           name, k, json_string_value(v));
-    }
-    if (rc < 0)
-        exec_args(s, NULL, "ROLLBACK TO tags_set", NULL);
-    exec_args(s, NULL, "RELEASE tags_set", NULL);
-    return rc;
-}
+json_t *store_fn_get(store_t *s, const char *name) { return s->ops->fn_get(s, name); }
+int store_fn_insert(store_t *s, const char *name, json_t *latest, err_t *err) { return s->ops->fn_insert(s, name, latest, err); }
+int store_fn_update(store_t *s, const char *name, json_t *latest, err_t *err) { return s->ops->fn_update(s, name, latest, err); }
+int store_fn_delete(store_t *s, const char *name, err_t *err) { return s->ops->fn_delete(s, name, err); }
+json_t *store_fn_list(store_t *s) { return s->ops->fn_list(s); }
+int store_fn_count(store_t *s) { return s->ops->fn_count(s); }
+int store_get_reserved(store_t *s, const char *name) { return s->ops->get_reserved(s, name); }
+int store_set_reserved(store_t *s, const char *name, int n, err_t *err) { return s->ops->set_reserved(s, name, n, err); }
+int store_total_reserved(store_t *s) { return s->ops->total_reserved(s); }
+uint64_t store_total_code_size(store_t *s) { return s->ops->total_code_size(s); }
+long store_next_version(store_t *s, const char *name, err_t *err) { return s->ops->next_version(s, name, err); }
+long store_last_version(store_t *s, const char *name) { return s->ops->last_version(s, name); }
+json_t *store_version_get(store_t *s, const char *name, long version) { return s->ops->version_get(s, name, version); }
+int store_version_insert(store_t *s, const char *name, long version, json_t *cfg, err_t *err) { return s->ops->version_insert(s, name, version, cfg, err); }
+int store_version_update(store_t *s, const char *name, long version, json_t *cfg, err_t *err) { return s->ops->version_update(s, name, version, cfg, err); }
+int store_version_delete(store_t *s, const char *name, long version, err_t *err) { return s->ops->version_delete(s, name, version, err); }
+json_t *store_version_list(store_t *s, const char *name) { return s->ops->version_list(s, name); }
+json_t *store_alias_get(store_t *s, const char *name, const char *alias) { return s->ops->alias_get(s, name, alias); }
+int store_alias_put(store_t *s, const char *name, const char *alias, json_t *cfg, int replace, err_t *err) { return s->ops->alias_put(s, name, alias, cfg, replace, err); }
+int store_alias_delete(store_t *s, const char *name, const char *alias, err_t *err) { return s->ops->alias_delete(s, name, alias, err); }
+json_t *store_alias_list(store_t *s, const char *name) { return s->ops->alias_list(s, name); }
+json_t *store_eic_get(store_t *s, const char *name, const char *qual) { return s->ops->eic_get(s, name, qual); }
+int store_eic_put(store_t *s, const char *name, const char *qual, json_t *cfg, err_t *err) { return s->ops->eic_put(s, name, qual, cfg, err); }
+int store_eic_delete(store_t *s, const char *name, const char *qual, err_t *err) { return s->ops->eic_delete(s, name, qual, err); }
+json_t *store_eic_list(store_t *s, const char *name) { return s->ops->eic_list(s, name); }
+json_t *store_tags_get(store_t *s, const char *name) { return s->ops->tags_get(s, name); }
+int store_tags_set(store_t *s, const char *name, json_t *obj, err_t *err) { return s->ops->tags_set(s, name, obj, err); }
+int store_begin(store_t *s, err_t *err) { return s->ops->begin(s, err); }
+int store_commit(store_t *s, err_t *err) { return s->ops->commit(s, err); }
+void store_rollback(store_t *s) { s->ops->rollback(s); }
 
 /* ---- code ---- */
 
@@ -519,15 +166,10 @@ char *store_blob_path(store_t *s, const char *hex)
     return xasprintf("%s/blobs/%s.zip", s->data_dir, hex);
 }
 
-int store_put_code(store_t *s, const void *zip, size_t len, char hex[65], char b64[45], err_t *err)
+/* Puts a zip whose SHA-256 is hex on this host: extracted at DATA/code/
+ * <hex>/ (unless already there) and kept at DATA/blobs/<hex>.zip. */
+static int install_code(store_t *s, const void *zip, size_t len, const char *hex, err_t *err)
 {
-    unsigned char digest[32];
-    sha256(zip, len, digest);
-    hex_encode(digest, 32, hex);
-    char *enc = base64_encode(digest, 32);
-    snprintf(b64, 45, "%s", enc);
-    free(enc);
-
     char *dir = store_code_dir(s, hex);
     struct stat st;
     int rc = 0;
@@ -554,6 +196,76 @@ int store_put_code(store_t *s, const void *zip, size_t len, char hex[65], char b
         rc = write_file_atomic(blob, zip, len, 0644, err);
     free(blob);
     return rc;
+}
+
+int store_put_code(store_t *s, const void *zip, size_t len, char hex[65], char b64[45], err_t *err)
+{
+    unsigned char digest[32];
+    sha256(zip, len, digest);
+    hex_encode(digest, 32, hex);
+    char *enc = base64_encode(digest, 32);
+    snprintf(b64, 45, "%s", enc);
+    free(enc);
+    if (install_code(s, zip, len, hex, err) < 0)
+        return -1;
+    /* only validated code (it extracted) is shared with other hosts */
+    return s->ops->put_code ? s->ops->put_code(s, zip, len, hex, err) : 0;
+}
+
+int store_hex_valid(const char *hex)
+{
+    if (!hex || strlen(hex) != 64)
+        return 0;
+    for (const char *p = hex; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return 0;
+    return 1;
+}
+
+int store_ensure_code(store_t *s, const char *hex, char **dir_out, err_t *err)
+{
+    *dir_out = NULL;
+    if (!store_hex_valid(hex))
+        return err_set(err, EINVAL, "invalid code hash \"%.80s\"", hex ? hex : "");
+    char *dir = store_code_dir(s, hex);
+    struct stat st;
+    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) {
+        *dir_out = dir;
+        return 0;
+    }
+    if (!s->ops->fetch_code) {
+        free(dir);
+        return err_set(err, ENOENT, "code %s is not on this host (and the store is local)", hex);
+    }
+    /* One fetch per code and host: processes sharing this data dir take
+     * DATA/code/.lock-<hex>; whoever gets it second finds the dir made. */
+    char *lock = xasprintf("%s/code/.lock-%s", s->data_dir, hex);
+    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        while (flock(fd, LOCK_EX) < 0 && errno == EINTR)
+            ;
+    int rc = 0;
+    if (!(stat(dir, &st) == 0 && S_ISDIR(st.st_mode))) {
+        void *zip = NULL;
+        size_t len = 0;
+        rc = s->ops->fetch_code(s, hex, &zip, &len, err);
+        if (rc == 0)
+            rc = install_code(s, zip, len, hex, err);
+        free(zip);
+        if (rc == 0)
+            log_info("store", "fetched code %.12s (%zu bytes) from the store", hex, len);
+    }
+    if (fd >= 0) {
+        unlink(lock);
+        close(fd);
+    }
+    free(lock);
+    if (rc < 0) {
+        free(dir);
+        return -1;
+    }
+    *dir_out = dir;
+    return 0;
 }
 
 /* ---- references and resolution ---- */
@@ -640,6 +352,7 @@ void fn_config_free(fn_config_t *c)
     json_decref(c->env_vars);
     free(c->code_sha256);
     free(c->code_dir);
+    free(c->code_hex);
     free(c->revision_id);
     free(c->config_key);
     free(c->alias);
@@ -718,6 +431,8 @@ int store_resolve(store_t *s, const char *ref, const char *qualifier, fn_config_
             q = xstrdup(qualifier);
     }
     char *arn = xasprintf("arn:aws:lambda:%s:%s:function:%s", s->region, s->account, name);
+    if (s->ops->resolve_prefetch)
+        s->ops->resolve_prefetch(s, name, q);
     json_t *cfg = store_fn_get(s, name);
     json_t *alias = NULL;
     const char *version = "$LATEST";
@@ -760,9 +475,8 @@ int store_resolve(store_t *s, const char *ref, const char *qualifier, fn_config_
     json_t *vars = json_object_get(json_object_get(cfg, "Environment"), "Variables");
     c->env_vars = json_is_object(vars) ? json_deep_copy(vars) : json_object();
     c->code_sha256 = jstr(cfg, "CodeSha256");
-    char *hex = jstr(cfg, "_CodeHex");
-    c->code_dir = store_code_dir(s, hex);
-    free(hex);
+    c->code_hex = jstr(cfg, "_CodeHex");
+    c->code_dir = store_code_dir(s, c->code_hex);
     c->revision_id = jstr(cfg, "RevisionId");
     c->reserved_concurrency = store_get_reserved(s, name);
     c->config_key = xasprintf("%s:%s:%s", name, c->version, c->revision_id);
@@ -792,6 +506,8 @@ int store_resolve(store_t *s, const char *ref, const char *qualifier, fn_config_
     json_decref(eic);
     *out = c;
 done:
+    if (s->ops->resolve_done)
+        s->ops->resolve_done(s);
     json_decref(cfg);
     json_decref(alias);
     free(arn);

@@ -1,17 +1,21 @@
-/* store.h - function metadata (SQLite) and code (content-addressed files).
+/* store.h - function metadata and code (content-addressed).
  *
  * The store owns everything the control plane persists: functions, their
  * $LATEST configuration, published versions, aliases, reserved concurrency,
- * tags.  Code zips are kept once per SHA-256 under DATA/blobs/ and
- * extracted once, read-only, under DATA/code/<sha256hex>/ (hostile zips are
- * refused at upload: see store_put_code).  All calls run on the caller's
- * thread; the store is not thread-safe (the frontend owns it).
+ * tags.  The metadata lives in SQLite on this host (the embedded default)
+ * or in etcd, shared by every host (docs/store.md).  Code zips are kept
+ * once per SHA-256 under DATA/blobs/ and extracted once, read-only, under
+ * DATA/code/<sha256hex>/ (hostile zips are refused at upload: see
+ * store_put_code); with etcd also as content-addressed chunks in etcd, from
+ * which other hosts fetch them (store_ensure_code).  All calls run on the
+ * caller's thread; the store is not thread-safe (the frontend owns it).
  *
  * Invariants: a version's configuration and code never change after
  * PublishVersion; $LATEST's RevisionId changes on every update; an alias
  * points at a published version or $LATEST. */
 #ifndef FLICKER_STORE_H
 #define FLICKER_STORE_H
+#include <errno.h>
 #include <jansson.h>
 #include <stdint.h>
 #include "common/err.h"
@@ -31,7 +35,10 @@ typedef struct fn_config {
     int ephemeral_mb;
     json_t *env_vars;      /* object of string->string (never NULL) */
     char *code_sha256;     /* base64 CodeSha256 as Lambda reports it */
-    char *code_dir;        /* host path of the extracted, read-only code */
+    char *code_dir;        /* host path of the extracted, read-only code (on
+                              the host that resolved the config) */
+    char *code_hex;        /* lowercase hex SHA-256 of the zip: names the code
+                              on every host (a worker re-roots code_dir on it) */
     char *revision_id;     /* changes whenever the config or code changes */
     int reserved_concurrency; /* -1 when not set */
     char *config_key;      /* identifies this exact runnable config:
@@ -56,7 +63,26 @@ typedef struct fn_config {
 
 /* Opens (creating if needed) DATA/flicker.db and the blob directories. */
 store_t *store_open(const char *data_dir, const char *region, const char *account_id, err_t *err);
+/* Opens the store a spec names, with DATA's blob and code directories
+ * (removing extraction temp dirs a crash left there):
+ *   "sqlite" (or NULL/""): DATA/flicker.db, as store_open;
+ *   "etcd:URL,URL,...[;prefix=/p]": etcd, keys under /p (default
+ *     STORE_ETCD_PREFIX).  No request is made: an unreachable cluster
+ *     shows on the first call.
+ * Returns the store, or NULL/err (EINVAL: bad spec). */
+#define STORE_ETCD_PREFIX "/flicker/store"
+store_t *store_open_spec(const char *spec, const char *data_dir, const char *region,
+                         const char *account_id, err_t *err);
+/* Opens a store only to fetch code into data_dir (a worker): like
+ * store_open_spec but leaves DATA/code's temp dirs alone (other processes
+ * of this host may be extracting there). */
+store_t *store_open_worker(const char *spec, const char *data_dir, err_t *err);
 void store_close(store_t *store);
+/* 1 when other hosts can fetch code from this store (etcd), else 0. */
+int store_is_distributed(store_t *store);
+/* A commit that lost an optimistic race with another writer (etcd) fails
+ * with this err->code; the control plane answers 409 ResourceConflict. */
+#define STORE_ECONFLICT EBUSY
 
 /* Resolves a function reference the way Invoke does: name may be a name,
  * "name:qualifier", a partial ARN ("123456789012:function:name") or a full
@@ -96,7 +122,12 @@ int store_total_reserved(store_t *store);
  * json_t * return a new reference (NULL when absent); setters borrow.
  * Errors: -1 with err->code ENOENT (missing), EEXIST (duplicate) or EIO. */
 
-/* Transactions (BEGIN IMMEDIATE / COMMIT / ROLLBACK).  Not nestable. */
+/* Transactions.  Not nestable.  SQLite: BEGIN IMMEDIATE / COMMIT /
+ * ROLLBACK (writers serialize).  etcd: optimistic; reads record what they
+ * saw, writes are buffered (and seen by the transaction's own reads) and
+ * store_commit applies them all or none: -1 with err->code STORE_ECONFLICT
+ * when another writer changed a key this transaction read.  After a
+ * failed store_commit the caller still calls store_rollback (harmless). */
 int store_begin(store_t *store, err_t *err);
 int store_commit(store_t *store, err_t *err);
 void store_rollback(store_t *store);
@@ -171,6 +202,18 @@ uint64_t store_total_code_size(store_t *store);
  * an I/O errno, and err->msg fit for the client for EINVAL/EFBIG. */
 int store_put_code(store_t *store, const void *zip, size_t len, char hex[65], char b64[45],
                    err_t *err);
+/* Makes sure the code whose SHA-256 is hex (64 lowercase hex digits) is
+ * extracted on this host and sets *dir (malloc'd) to DATA/code/<hex>: if
+ * absent, fetches it from a distributed store (every chunk and the whole
+ * zip verified against their SHA-256), keeps it in DATA/blobs/ and
+ * extracts it as store_put_code does (codezip.c).  Processes sharing DATA
+ * fetch a code once (a lock file per code, then temp + rename).  Returns 0,
+ * or -1/err: EINVAL (bad hex), ENOENT (not stored; a local store has only
+ * what was put here), EIO (missing or corrupt chunk, etcd unreachable),
+ * or the extraction's error; err->msg says which. */
+int store_ensure_code(store_t *store, const char *hex, char **dir, err_t *err);
+/* 1 when hex is 64 lowercase hex digits. */
+int store_hex_valid(const char *hex);
 /* Host paths of a code blob / extracted tree (malloc'd). */
 char *store_code_dir(store_t *store, const char *hex);
 char *store_blob_path(store_t *store, const char *hex);

@@ -798,6 +798,7 @@ static fn_config_t *copy_config(const fn_config_t *c)
     d->env_vars = c->env_vars ? json_deep_copy(c->env_vars) : json_object();
     d->code_sha256 = xstrdup(c->code_sha256 ? c->code_sha256 : "");
     d->code_dir = xstrdup(c->code_dir);
+    d->code_hex = c->code_hex ? xstrdup(c->code_hex) : NULL;
     d->revision_id = xstrdup(c->revision_id ? c->revision_id : "");
     d->reserved_concurrency = c->reserved_concurrency;
     d->config_key = xstrdup(c->config_key ? c->config_key : "");
@@ -894,6 +895,38 @@ env_t *worker_env_create_id(worker_t *w, const char *id, const fn_config_t *cfg,
     return env_create(w, id, cfg, ready, dead, arg, NULL, err);
 }
 
+/* The code hex of cfg: code_hex, else the base64 CodeSha256 decoded (a
+ * config from a frontend that does not send code_hex). */
+static int config_code_hex(const fn_config_t *cfg, char hex[65], err_t *err)
+{
+    if (cfg->code_hex && *cfg->code_hex) {
+        if (!store_hex_valid(cfg->code_hex))
+            return err_set(err, EINVAL, "invalid code hash in the configuration");
+        snprintf(hex, 65, "%s", cfg->code_hex);
+        return 0;
+    }
+    size_t n = 0;
+    const char *b64 = cfg->code_sha256 ? cfg->code_sha256 : "";
+    unsigned char *d = base64_decode(b64, strlen(b64), &n);
+    int ok = d && n == 32;
+    if (ok)
+        hex_encode(d, 32, hex);
+    free(d);
+    return ok ? 0 : err_set(err, EINVAL, "the configuration names no code hash");
+}
+
+/* Sets *dir to this worker's extracted copy of cfg's code, fetching it
+ * from the store when absent; -1/err says why the code is unavailable. */
+static int local_code_dir(worker_t *w, const fn_config_t *cfg, char **dir, err_t *err)
+{
+    char hex[65];
+    if (config_code_hex(cfg, hex, err) < 0)
+        return -1;
+    if (store_ensure_code(w->cfg.code_store, hex, dir, err) < 0)
+        return err_wrap(err, "fetching the function's code %.12s", hex);
+    return 0;
+}
+
 /* Creates an environment; with snap, one whose Init ends in a snapshot. */
 static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, env_ready_fn ready,
                          env_dead_fn dead, void *arg, snap_job_t *snap, err_t *err)
@@ -907,9 +940,19 @@ static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, en
         err_set(err, EEXIST, "environment %s exists", id);
         return NULL;
     }
+    /* With a distributed store the code is named by its hash, never by
+     * the path the resolving host gave: DATA/code/<hex> of this worker,
+     * fetched from the store when absent. */
+    char *local_code = NULL;
+    if (w->cfg.code_store && local_code_dir(w, cfg, &local_code, err) < 0)
+        return NULL;
     env_t *env = xcalloc(1, sizeof *env);
     env->w = w;
     env->cfg = copy_config(cfg);
+    if (local_code) {
+        free(env->cfg->code_dir);
+        env->cfg->code_dir = local_code;
+    }
     env->ready = ready;
     env->dead = dead;
     env->arg = arg;
@@ -956,7 +999,7 @@ static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, en
 
     /* Custom runtimes need an executable bootstrap: say so as Lambda does. */
     if (!strncmp(cfg->runtime, "provided", 8)) {
-        char *path = xasprintf("%s/bootstrap", cfg->code_dir);
+        char *path = xasprintf("%s/bootstrap", env->cfg->code_dir);
         struct stat st;
         int ok = stat(path, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0111);
         free(path);
@@ -987,7 +1030,7 @@ static env_t *env_create(worker_t *w, const char *id, const fn_config_t *cfg, en
         log_info("worker", "env %s: waited for the previous environment of this id to be destroyed", env->id);
     sandbox_spec_t spec = {
         .id = env->id,
-        .code_dir = cfg->code_dir,
+        .code_dir = env->cfg->code_dir,
         .runtime_dir = w->cfg.runtimes_dir,
         .memory_mb = cfg->memory_mb,
         .ephemeral_mb = cfg->ephemeral_mb,

@@ -51,6 +51,10 @@ typedef struct worker_config {
     const char *isolation;      /* default backend: "sandbox" (NULL) or "microvm";
                                    a function's fn_config_t.isolation overrides it */
     const char *state_dir;      /* the worker's private scratch dir (microVM disks) */
+    store_t *code_store;        /* NULL: run code from the config's code_dir;
+                                   else the code is this store's DATA/code/<hex>,
+                                   fetched (store_ensure_code) when absent.
+                                   Borrowed; used on the worker's loop thread. */
 } worker_config_t;
 
 /* The outcome of one event. */

@@ -42,6 +42,9 @@ static void usage(FILE *f)
                "  --region REGION        region (default us-east-1)\n"
                "  --isolation KIND       sandbox (default) or microvm: the default backend of\n"
                "                         execution environments (tag flicker:isolation overrides)\n"
+               "  --store SPEC           sqlite (default): run code from the path the frontend\n"
+               "                         gives (a data dir shared with it); etcd:URL,...[;prefix=/p]:\n"
+               "                         the code is fetched from the shared store into DATA/code\n"
                "  --verbose              debug logging\n");
 }
 
@@ -98,7 +101,7 @@ int serve_worker_main(int argc, char **argv)
 {
     const char *listen = NULL, *advertise = NULL, *id = NULL, *zone = "local-a", *placement = NULL;
     const char *data = "./.flicker", *runtimes_opt = NULL, *region = "us-east-1";
-    const char *isolation = "sandbox";
+    const char *isolation = "sandbox", *store_spec = "sqlite";
     int memory_mb = 0, heartbeat_ms = 1000;
     static const struct option opts[] = {
         {"listen", required_argument, 0, 'l'},     {"advertise", required_argument, 0, 'a'},
@@ -108,6 +111,7 @@ int serve_worker_main(int argc, char **argv)
         {"heartbeat-ms", required_argument, 0, 'H'}, {"region", required_argument, 0, 'R'},
         {"verbose", no_argument, 0, 'v'},          {"help", no_argument, 0, 'h'},
         {"isolation", required_argument, 0, 'I'},
+        {"store", required_argument, 0, 'T'},
         {0, 0, 0, 0},
     };
     int c;
@@ -136,6 +140,13 @@ int serve_worker_main(int argc, char **argv)
                 return 2;
             }
             isolation = optarg;
+            break;
+        case 'T':
+            if (strcmp(optarg, "sqlite") && strncmp(optarg, "etcd:", 5)) {
+                fprintf(stderr, "flicker serve worker: --store wants sqlite or etcd:URL,...[;prefix=/p]\n");
+                return 2;
+            }
+            store_spec = optarg;
             break;
         case 'v': log_set_level(LOG_DEBUG); break;
         case 'h': usage(stdout); return 0;
@@ -167,6 +178,7 @@ int serve_worker_main(int argc, char **argv)
     struct event_base *base = NULL;
     worker_t *worker = NULL;
     worker_service_t *ws = NULL;
+    store_t *code_store = NULL;
     struct event *sigint = NULL, *sigterm = NULL;
     bool sandboxes = false;
     wmain_t m = {0};
@@ -193,6 +205,14 @@ int serve_worker_main(int argc, char **argv)
     sandboxes = true;
     if (start_microvms(isolation, data) < 0)
         goto out;
+    /* A shared store: code is fetched from it into this worker's DATA. */
+    if (strcmp(store_spec, "sqlite")) {
+        code_store = store_open_worker(store_spec, data, &err);
+        if (!code_store) {
+            log_error("worker", "--store: %s", err.msg);
+            goto out;
+        }
+    }
     base = event_base_new();
     if (!memory_mb) {
         struct sysinfo si;
@@ -211,6 +231,7 @@ int serve_worker_main(int argc, char **argv)
         .logs = logs,
         .isolation = isolation,
         .state_dir = data,
+        .code_store = code_store,
     };
     worker = worker_new(base, &wc, &err);
     if (!worker) {
@@ -262,6 +283,7 @@ out:
         event_free(sigterm);
     if (base)
         event_base_free(base);
+    store_close(code_store);
     fnlog_close(logs);
     if (sandboxes) {
         sandbox_system_shutdown();

@@ -1,10 +1,11 @@
 """netns.py - "hosts" made of network namespaces on this machine, for the
 multi-host integration tests (tests/integration/test_multihost.py).
 
-  Net(tag)            a bridge in the root namespace (10.77.0.254/24 on it,
+  Net(tag[, subnet])  a bridge in the root namespace (10.77.0.254/24 on it,
                       so the test process reaches every host) and, per host,
                       a namespace with a veth pair (host side eth0 =
-                      10.77.0.N/24, lo up; root side enslaved to the bridge).
+                      10.77.0.N/24, lo up; root side enslaved to the bridge);
+                      another subnet ("10.78.0") lets two suites run at once.
   Net.spawn(n, name, argv, log)
                       starts argv inside host n's namespace with
                       `nsenter --net=` (only the network namespace changes:
@@ -23,6 +24,9 @@ multi-host integration tests (tests/integration/test_multihost.py).
                       cluster (the logic of scripts/etcd-cluster.sh, per host).
   rpc_call(addr, method, params)
                       one request over flicker's internal RPC (docs/rpc.md)
+  finish(net, roles, order, cg_before, failed, what)
+                      a test's teardown: stops the roles, checks exits,
+                      sanitizer reports and leftover sandboxes, tears down
 
 Everything is named with the given tag, so concurrent runs do not collide,
 and nothing is touched that this module did not create.
@@ -48,7 +52,7 @@ def sh(*argv, check=True):
     return p
 
 
-def unavailable_reason():
+def unavailable_reason(subnet=SUBNET):
     """Why hosts cannot be built here (None if they can)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
@@ -57,8 +61,8 @@ def unavailable_reason():
             return f"no {tool} binary"
     # The subnet must be free (another run, or a real network).
     p = sh("ip", "-o", "addr", "show", check=False)
-    if f" {SUBNET}." in p.stdout:
-        return f"{SUBNET}.0/24 is already configured on this machine: {p.stdout.strip()[:200]}"
+    if f" {subnet}." in p.stdout:
+        return f"{subnet}.0/24 is already configured on this machine: {p.stdout.strip()[:200]}"
     probe = f"fkprobe{os.getpid() % 100000}"
     p = sh("ip", "netns", "add", probe, check=False)
     if p.returncode != 0:
@@ -109,8 +113,9 @@ class Proc:
 
 
 class Net:
-    def __init__(self, tag, hosts=3):
+    def __init__(self, tag, hosts=3, subnet=SUBNET):
         self.tag = tag
+        self.subnet = subnet
         self.hosts = hosts
         self.bridge = f"fk{tag}br"
         self.procs = []
@@ -125,12 +130,12 @@ class Net:
         return f"fk{self.tag}r{n}"
 
     def ip(self, n):
-        return f"{SUBNET}.{n}"
+        return f"{self.subnet}.{n}"
 
     def setup(self):
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         self.bridge_created = True
-        sh("ip", "addr", "add", f"{ROOT_IP}/24", "dev", self.bridge)
+        sh("ip", "addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
         for n in range(1, self.hosts + 1):
             ns, rv, pv = self.ns(n), self.root_veth(n), f"fk{self.tag}p{n}"
@@ -260,3 +265,38 @@ def rpc_call(addr, method, params=None, timeout=3.0):
         out = json.loads(read(hl))
         read(bl)
         return out
+
+
+def finish(net, roles, order, cg_before, failed, what, timeout=30):
+    """Teardown of a multi-host test: stops the flicker roles named in
+    order (each must exit 0 on SIGTERM), reads every role's log for
+    sanitizer reports, tears the network down (etcd last) and looks for
+    sandbox processes left behind.  Problems fail the test, or are printed
+    when it failed already (failed: its logs' tails are printed first)."""
+    import pytest
+    from harness import SANITIZER_PATTERNS, pid_alive, sandbox_cgroup_dirs, sandbox_pids
+    if failed:
+        for name, p in roles.items():
+            print(f"----- {name} log tail -----\n" + "\n".join(p.log_text().splitlines()[-25:]))
+    problems = []
+    exit_codes = {}
+    for name in order:
+        p = roles.get(name)
+        if p is not None and p.alive():
+            exit_codes[name] = p.stop(timeout)
+    for name, p in roles.items():
+        hits = [l for l in p.log_text().splitlines() if any(x in l for x in SANITIZER_PATTERNS)]
+        if hits:
+            problems.append(f"{name}: sanitizer reports: {hits[:5]}")
+    bad = {k: v for k, v in exit_codes.items() if v != 0}
+    if bad:
+        problems.append(f"roles that did not exit 0 on SIGTERM: {bad}")
+    problems += net.teardown()
+    left_cg = sorted(sandbox_cgroup_dirs() - cg_before)
+    left_pids = [p for p in sandbox_pids(set(left_cg)) if pid_alive(p)]
+    if left_pids:
+        problems.append(f"sandbox processes left: {left_pids} in {left_cg}")
+    if problems and not failed:
+        pytest.fail(f"{what} teardown problems:\n" + "\n".join(problems))
+    elif problems:
+        print("teardown problems:\n" + "\n".join(problems))

@@ -29,9 +29,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 import netns
-from harness import (ACCESS_KEY, BINARY, REGION, SANITIZER_PATTERNS, SECRET_KEY, SLOW,
-                     Server, create_function, do_invoke, pid_alive, sandbox_cgroup_dirs,
-                     sandbox_pids)
+from harness import (ACCESS_KEY, BINARY, REGION, SECRET_KEY, SLOW, Server, create_function,
+                     do_invoke, sandbox_cgroup_dirs)
 
 FE_PORT = 9000
 ZONES = {1: "zone-a", 2: "zone-b", 3: "zone-a"}
@@ -194,10 +193,6 @@ def cluster(tmp_path, request):
         yield c
     finally:
         failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-        problems = []
-        if failed:
-            for name, p in c.roles.items():
-                print(f"----- {name} log tail -----\n" + "\n".join(p.log_text().splitlines()[-25:]))
         # A worker killed with -9 leaves its sandboxes: a new worker process
         # with the same data directory removes them (docs/distributed.md).
         for name in sorted(c.killed):
@@ -207,28 +202,9 @@ def cluster(tmp_path, request):
                                                         f"tcp:10.77.0.{n}:7301", "--id", f"{name}-cleanup",
                                                         "--zone", ZONES[n], "--data", data], env)
                 time.sleep(3 * SLOW)
-        exit_codes = {}
-        for name in ["frontend", "w-1", "w-2", "w-3", "w-3-cleanup", "w-2-cleanup",
-                     "asg-1", "asg-2", "asg-3", "placement"]:
-            p = c.roles.get(name)
-            if p is not None and p.alive():
-                exit_codes[name] = p.stop(30 * SLOW)
-        for name, p in c.roles.items():
-            hits = [l for l in p.log_text().splitlines() if any(x in l for x in SANITIZER_PATTERNS)]
-            if hits:
-                problems.append(f"{name}: sanitizer reports: {hits[:5]}")
-        bad = {k: v for k, v in exit_codes.items() if v != 0}
-        if bad:
-            problems.append(f"roles that did not exit 0 on SIGTERM: {bad}")
-        problems += net.teardown()
-        left_cg = sorted(sandbox_cgroup_dirs() - cg_before)
-        left_pids = [p for p in sandbox_pids(set(left_cg)) if pid_alive(p)]
-        if left_pids:
-            problems.append(f"sandbox processes left: {left_pids} in {left_cg}")
-        if problems and not failed:
-            pytest.fail("multi-host teardown problems:\n" + "\n".join(problems))
-        elif problems:
-            print("teardown problems:\n" + "\n".join(problems))
+        netns.finish(net, c.roles, ["frontend", "w-1", "w-2", "w-3", "w-3-cleanup", "w-2-cleanup",
+                                    "asg-1", "asg-2", "asg-3", "placement"],
+                     cg_before, failed, "multi-host", 30 * SLOW)
 
 
 def ok_invoke(client, name, payload=None):

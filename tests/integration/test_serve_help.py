@@ -15,10 +15,10 @@ from harness import BINARY, SANITIZER_PATTERNS
 
 # Flags each role must document (a subset: the ones that make it work).
 ROLE_FLAGS = {
-    "frontend": ["--assignment", "--listen", "--data", "--placement"],
+    "frontend": ["--assignment", "--listen", "--data", "--placement", "--store"],
     "assignment": ["--listen", "--journal", "--placement", "--lease-ms"],
     "placement": ["--listen", "--heartbeat-timeout-ms", "--provider"],
-    "worker": ["--listen", "--placement", "--zone", "--data"],
+    "worker": ["--listen", "--placement", "--zone", "--data", "--store"],
 }
 
 
