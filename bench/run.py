@@ -6,6 +6,9 @@ measures, in one run so that ratios are comparable on a noisy machine:
 
   1. warm invoke latency vs. the same client's bare signed HTTP round trip
      (GET /flicker/health): the difference is what the invoke path adds;
+     embedded vs split, then embedded vs split with the frontend's warm
+     hold turned off (FLICKER_WARM_HOLD_MS=0: every invoke asks the
+     assignment leader);
   2. warm throughput with C concurrent clients (own connection each);
   3. cold start latency per runtime (provided, python, node): each sample
      changes the configuration first so the next invoke needs a new
@@ -152,6 +155,25 @@ def bench_throughput(port, name, conc, seconds):
     return sum(counts) / (time.time() - t0)
 
 
+def warm_pair(servers, modes, samples):
+    """Warm provided-runtime invoke latency (µs) of the given platforms,
+    interleaved sample by sample, and the bare signed round trip."""
+    clients = {m: Client(servers[m][1]) for m in modes}
+    for c in clients.values():
+        for _ in range(50):
+            invoke(c, "bench-provided")
+    bare, warm = [], {m: [] for m in modes}
+    for _ in range(samples):
+        t = time.perf_counter()
+        clients[modes[0]].request("GET", "/flicker/health")
+        bare.append((time.perf_counter() - t) * 1e6)
+        for m, c in clients.items():
+            t = time.perf_counter()
+            invoke(c, "bench-provided")
+            warm[m].append((time.perf_counter() - t) * 1e6)
+    return bare, warm
+
+
 def daemon_cpu_s(pid):
     """utime + stime of the flicker process, seconds."""
     fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
@@ -198,9 +220,11 @@ def idle_memory(port, name, n):
 
 def start_server(build, mode, data_root):
     port = free_port()
-    data = os.path.join(data_root, mode)
+    data = os.path.join(data_root, mode.replace(" ", "_").replace(",", ""))
     env = dict(os.environ, FLICKER_ACCESS_KEY_ID=AKID, FLICKER_SECRET_ACCESS_KEY=SECRET)
-    log = open(os.path.join(data_root, mode + ".log"), "w")
+    if mode == "split, no warm hold":  # every invoke asks the assignment leader
+        env["FLICKER_WARM_HOLD_MS"] = "0"
+    log = open(os.path.join(data_root, mode.replace(" ", "_").replace(",", "") + ".log"), "w")
     args = [os.path.join(build, "flicker"), "up", "--listen", "127.0.0.1:%d" % port, "--data", data]
     if mode == "embedded":
         args.append("--embedded")
@@ -244,19 +268,7 @@ def main():
             time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())))
         out.append("Command: `make bench` (`/usr/bin/python3 bench/run.py --build %s`)\n" % args.build)
         # Warm path, both modes and the bare round trip interleaved.
-        clients = {m: Client(p) for m, (_, p) in servers.items()}
-        for m, c in clients.items():
-            for _ in range(50):
-                invoke(c, "bench-provided")
-        bare, warm = [], {m: [] for m in clients}
-        for _ in range(args.samples):
-            t = time.perf_counter()
-            clients["embedded"].request("GET", "/flicker/health")
-            bare.append((time.perf_counter() - t) * 1e6)
-            for m, c in clients.items():
-                t = time.perf_counter()
-                invoke(c, "bench-provided")
-                warm[m].append((time.perf_counter() - t) * 1e6)
+        bare, warm = warm_pair(servers, ("embedded", "split"), args.samples)
         out.append("| warm path (%d samples, interleaved) | p50 µs | p90 µs | p99 µs |" % args.samples)
         out.append("|---|---|---|---|")
         out.append("| bare signed HTTP round trip (GET /flicker/health) | %.0f | %.0f | %.0f |" %
@@ -266,6 +278,23 @@ def main():
                        (m, pct(warm[m], .5), pct(warm[m], .9), pct(warm[m], .99)))
         out.append("| **split minus embedded (p50)** | **%.0f** | | |\n" %
                    (pct(warm["split"], .5) - pct(warm["embedded"], .5)))
+        # The same pair again with the frontend's warm hold off (every
+        # invoke asks the assignment leader): what the hold saves.
+        nohold = "split, no warm hold"
+        servers[nohold] = start_server(args.build, nohold, data_root)
+        create(Client(servers[nohold][1]), "bench-provided", "provided")
+        _, warm = warm_pair(servers, ("embedded", nohold), args.samples)
+        srv, _ = servers.pop(nohold)
+        srv.send_signal(signal.SIGTERM)
+        srv.wait(60)
+        out.append("| the same, warm hold off (%d samples, interleaved) | p50 µs | p90 µs | p99 µs |" %
+                   args.samples)
+        out.append("|---|---|---|---|")
+        for m in ("embedded", nohold):
+            out.append("| warm invoke, provided runtime, %s | %.0f | %.0f | %.0f |" %
+                       (m, pct(warm[m], .5), pct(warm[m], .9), pct(warm[m], .99)))
+        out.append("| **split without the warm hold minus embedded (p50)** | **%.0f** | | |\n" %
+                   (pct(warm[nohold], .5) - pct(warm["embedded"], .5)))
         out.append("| mode | concurrency | invokes/s (warm, provided) | frontend CPU µs per invoke |")
         out.append("|---|---|---|---|")
         for m in ("embedded", "split"):

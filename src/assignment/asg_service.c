@@ -979,6 +979,7 @@ typedef struct acq {
     json_t *config;
     char *fn, *key, *env_id, *worker_id, *worker_addr;
     int memory_mb, timeout_s;
+    int pool;       /* the concurrency pool it counts in: reserved, or unreserved */
     bool unreserved, counted, cold;
     bool placed;    /* placement.pick reserved room for env_id on worker_id */
     bool created;   /* the worker answered env.create with success */
@@ -1028,10 +1029,25 @@ static void acq_fail(acq_t *a, const char *code, const char *msg, json_t *extra,
     acq_free(a);
 }
 
+/* How many more invocations the pool acquisition a counts in would admit
+ * now (it is counted already): frontends hold warm leases only when there
+ * is room to spare (backend_remote.c, warm hold). */
+static int acq_headroom(const acq_t *a)
+{
+    const asg_service_t *s = a->s;
+    int used = s->unreserved_in_flight;
+    if (!a->unreserved) {
+        fn_count_t *c = count_of((asg_service_t *)s, a->fn, false);
+        used = c ? c->n : 0;
+    }
+    return a->pool - used;
+}
+
 static void acq_reply_ok(acq_t *a, bool cold, int64_t lease)
 {
-    json_t *r = json_pack("{s:s,s:s,s:s,s:b,s:I}", "env_id", a->env_id, "worker_id", a->worker_id,
-                          "worker_address", a->worker_addr, "cold", cold, "lease", (json_int_t)lease);
+    json_t *r = json_pack("{s:s,s:s,s:s,s:b,s:I,s:i,s:i}", "env_id", a->env_id, "worker_id", a->worker_id,
+                          "worker_address", a->worker_addr, "cold", cold, "lease", (json_int_t)lease,
+                          "pool", a->pool, "headroom", acq_headroom(a));
     rpc_reply(a->call, r, NULL, 0);
     json_decref(r);
     acq_free(a);
@@ -1239,6 +1255,7 @@ static void do_acquire(asg_service_t *s, rpc_call_t *call, json_t *params)
     a->memory_mb = cfg->memory_mb;
     a->timeout_s = cfg->timeout_s;
     a->unreserved = cfg->reserved_concurrency < 0;
+    a->pool = a->unreserved ? s->o.account_concurrency - total_reserved : cfg->reserved_concurrency;
     fn_config_free(cfg);
     count_add(s, a->fn, a->unreserved, +1);
     a->counted = true;

@@ -33,6 +33,10 @@ typedef struct backend_lease {
     int shard;             /* remote: the assignment group that handed it out */
     int64_t token;         /* remote: the hand-out's lease token (0: none), given
                               back with the release so a late one is told apart */
+    char config_key[192];  /* remote: the configuration it runs (a held lease is
+                              reused only for the same one) */
+    uint64_t holdable_until_ms; /* remote: may be held for reuse until then
+                              (monotonic ms; 0: never) */
 } backend_lease_t;
 
 /* What became of an environment after an invocation, for release. */

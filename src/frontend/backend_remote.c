@@ -10,6 +10,27 @@
  * address, kept open).  release -> `asg.release` (one-way in spirit: its
  * reply is ignored).
  *
+ * Warm hold: a lease whose environment came back fine is not released at
+ * once but held by this frontend for WARM_HOLD_MS; an acquire for the same
+ * configuration in that window takes it without asking the leader (the
+ * sequential caller's next invoke skips one process hop).  Nothing about
+ * the leader's view changes: the environment stays busy under the same
+ * lease token until the release, which the hold only defers, so no other
+ * request can be handed it and the concurrency counts stay exact (a held
+ * environment counts as busy, at most WARM_HOLD_MS longer than it ran).
+ * Only with room to spare: the leader's reply says how much of the
+ * function's concurrency pool is free; a lease handed out with less than
+ * a quarter (or 8) free is released at once, and a held one goes back
+ * WARM_HOLD_RENEW_MS after its hand-out so that the next acquire learns
+ * the room anew.  Near a limit the counts are then as exact as without
+ * the hold, and another frontend is not throttled by this one's holds.
+ * Throttled or NoCapacity while holding leases: release them all and ask
+ * once more (they counted as busy).  A change to the function releases
+ * its held leases at once; a held
+ * environment that its worker lost or handed elsewhere after a failover
+ * answers UnknownEnvironment or Busy, which the frontend already treats as
+ * "not delivered" (release, acquire again).
+ *
  * Which replica leads is one shared belief per group (g->leader), moved by NotLeader
  * hints, by the background asg.status refresh and by transport failures.
  * A failure only moves it away from the replica that failed: if the
@@ -22,7 +43,8 @@
  * Invariants: each acquire's callback runs exactly once unless cancelled; a
  * cancelled acquire that still gets an environment gives it back; a
  * worker lost mid-invocation answers a retryable system error, never a
- * function error. */
+ * function error; a held lease is in the held list or in one
+ * invocation's hands, never both, and is released exactly once. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +57,17 @@
 #define ACQUIRE_TIMEOUT_MS 60000   /* a cold start includes Init (10 s) and queueing */
 #define RETRY_DELAY_MS 100
 #define STATUS_REFRESH_MS 1000
+#define WARM_HOLD_MS 10            /* how long a released warm lease is kept for reuse */
+/* A lease is held only if, when it was handed out, its concurrency pool
+ * had at least this share of its size (and 8) to spare: near a limit a
+ * held lease could throttle another frontend, so there it goes back at
+ * once and the counts are as exact as without the hold. */
+#define WARM_HOLD_MIN_SPARE_SHARE 4 /* 1/4 */
+#define WARM_HOLD_MIN_SPARE 8
+/* ... and for this long after the hand-out: then the environment goes
+ * back once and the next acquire asks the leader, which says how much
+ * room there is now. */
+#define WARM_HOLD_RENEW_MS 1000
 
 typedef struct worker_client {
     char *address;
@@ -67,7 +100,20 @@ typedef struct remote_backend {
     struct event *status_timer;
     struct pending_acquire *pending; /* every acquire not yet finished */
     char *roles_path;           /* DATA/run/roles.json written by `flicker up` */
+    struct held_lease *held;    /* warm leases held for reuse, newest first */
+    struct event *hold_timer;   /* releases the expired ones */
+    int hold_ms;                /* 0: release at once */
+    uint64_t held_reused;       /* acquires served from a held lease */
 } remote_backend_t;
+
+typedef struct held_lease {
+    backend_lease_t lease;
+    uint64_t until_ms;
+    struct held_lease *next;
+} held_lease_t;
+
+/* Selects held leases (release_held_where). */
+typedef bool (*held_match_fn)(const held_lease_t *h, const void *arg);
 
 typedef struct pending_acquire {
     remote_backend_t *rb;
@@ -79,6 +125,9 @@ typedef struct pending_acquire {
     bool cancelled;
     bool in_flight;             /* an RPC is outstanding (else a retry timer) */
     int sent_to;                /* replica the outstanding asg.acquire went to */
+    held_lease_t *from_hold;    /* answered from a held lease, on the next loop turn */
+    bool asked_after_release;   /* already retried after giving held leases back */
+    char config_key[192];
     struct event *retry;
     struct pending_acquire *next, *prev;
 } pending_acquire_t;
@@ -149,8 +198,15 @@ static void replica_failed(asg_group_t *g, int failed)
         g->leader = (failed + 1) % g->n_replicas;
 }
 
+static void release_now(asg_group_t *g, const backend_lease_t *lease, env_fate_t fate);
+
 static void acquire_free(pending_acquire_t *p)
 {
+    if (p->from_hold) { /* cancelled before it was delivered */
+        release_now(p->g, &p->from_hold->lease, ENV_FATE_KEPT);
+        free(p->from_hold);
+        p->from_hold = NULL;
+    }
     if (p->prev)
         p->prev->next = p->next;
     else
@@ -163,7 +219,23 @@ static void acquire_free(pending_acquire_t *p)
     free(p);
 }
 
-static void on_retry(evutil_socket_t fd, short what, void *arg) { send_acquire(arg); }
+static void deliver(pending_acquire_t *p, const acquire_result_t *r, const backend_lease_t *lease);
+static void release_held_where(remote_backend_t *rb, held_match_fn match, const void *arg);
+static bool held_any(const held_lease_t *h, const void *arg);
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    pending_acquire_t *p = arg;
+    if (p->from_hold && !p->cancelled) {
+        held_lease_t *h = p->from_hold;
+        p->from_hold = NULL;
+        acquire_result_t r = {.status = ACQUIRE_OK};
+        deliver(p, &r, &h->lease);
+        free(h);
+        return;
+    }
+    send_acquire(p);
+}
 
 static void retry_later(pending_acquire_t *p, int delay_ms)
 {
@@ -172,8 +244,6 @@ static void retry_later(pending_acquire_t *p, int delay_ms)
     struct timeval tv = {.tv_sec = delay_ms / 1000, .tv_usec = (delay_ms % 1000) * 1000};
     evtimer_add(p->retry, &tv);
 }
-
-static void release_now(asg_group_t *g, const backend_lease_t *lease, env_fate_t fate);
 
 static void deliver(pending_acquire_t *p, const acquire_result_t *r, const backend_lease_t *lease)
 {
@@ -215,6 +285,14 @@ static void on_acquire_reply(const rpc_result_t *res, void *arg)
                  json_string_value(json_object_get(res->result, "worker_address")) ?: "");
         lease.shard = (int)(g - p->rb->groups);
         lease.token = (int64_t)json_integer_value(json_object_get(res->result, "lease"));
+        int pool = (int)json_integer_value(json_object_get(res->result, "pool"));
+        int spare = (int)json_integer_value(json_object_get(res->result, "headroom"));
+        int want = pool / WARM_HOLD_MIN_SPARE_SHARE;
+        if (want < WARM_HOLD_MIN_SPARE)
+            want = WARM_HOLD_MIN_SPARE;
+        snprintf(lease.config_key, sizeof lease.config_key, "%s", p->config_key);
+        if (spare >= want) /* else: released at once, never held */
+            lease.holdable_until_ms = now_mono_ms() + WARM_HOLD_RENEW_MS;
         acquire_result_t r = {.status = ACQUIRE_OK,
                               .cold = json_is_true(json_object_get(res->result, "cold"))};
         deliver(p, &r, &lease);
@@ -245,6 +323,17 @@ static void on_acquire_reply(const rpc_result_t *res, void *arg)
         else if (g->leader == p->sent_to) /* a follower that knows no leader */
             g->leader = (p->sent_to + 1) % g->n_replicas;
         retry_later(p, RETRY_DELAY_MS);
+        return;
+    }
+    /* Over a limit or out of room while this frontend holds leases: they
+     * count as busy, so give them all back (the releases go first on this
+     * connection) and ask once more.  The hold may cost a retry, never a
+     * 429 or a cold start that releasing at once would have avoided. */
+    if ((!strcmp(code, "Throttled") || !strcmp(code, "NoCapacity")) && p->rb->held &&
+        !p->asked_after_release) {
+        p->asked_after_release = true;
+        release_held_where(p->rb, held_any, NULL);
+        send_acquire(p);
         return;
     }
     acquire_result_t r = {.message = res->message};
@@ -294,6 +383,83 @@ static void send_acquire(pending_acquire_t *p)
              on_acquire_reply, p);
 }
 
+/* ----------------------------------------------------------- warm hold */
+
+/* The newest held lease for config_key (unlinked), or NULL. */
+static held_lease_t *take_held(remote_backend_t *rb, const char *config_key)
+{
+    if (!*config_key)
+        return NULL;
+    for (held_lease_t **pp = &rb->held; *pp; pp = &(*pp)->next) {
+        held_lease_t *h = *pp;
+        if (!strcmp(h->lease.config_key, config_key)) {
+            *pp = h->next;
+            return h;
+        }
+    }
+    return NULL;
+}
+
+static asg_group_t *lease_group(remote_backend_t *rb, const backend_lease_t *lease)
+{
+    return &rb->groups[lease->shard >= 0 && lease->shard < rb->n_groups ? lease->shard : 0];
+}
+
+/* Releases (to the leader, as fine) every held lease that match selects. */
+static void release_held_where(remote_backend_t *rb, held_match_fn match, const void *arg)
+{
+    for (held_lease_t **pp = &rb->held; *pp;) {
+        held_lease_t *h = *pp;
+        if (match(h, arg)) {
+            *pp = h->next;
+            release_now(lease_group(rb, &h->lease), &h->lease, ENV_FATE_KEPT);
+            free(h);
+        } else {
+            pp = &h->next;
+        }
+    }
+}
+
+static bool held_any(const held_lease_t *h, const void *arg) { return true; }
+
+static bool held_expired(const held_lease_t *h, const void *now_ms)
+{
+    return h->until_ms <= *(const uint64_t *)now_ms;
+}
+
+static bool held_on_worker(const held_lease_t *h, const void *address)
+{
+    return !strcmp(h->lease.worker, address);
+}
+
+/* config_key is "name:version:revision" */
+static bool held_of_function(const held_lease_t *h, const void *name)
+{
+    size_t n = strlen(name);
+    return !strncmp(h->lease.config_key, name, n) && h->lease.config_key[n] == ':';
+}
+
+static void arm_hold_timer(remote_backend_t *rb)
+{
+    if (!rb->held || evtimer_pending(rb->hold_timer, NULL))
+        return;
+    uint64_t now = now_mono_ms(), first = UINT64_MAX;
+    for (held_lease_t *h = rb->held; h; h = h->next)
+        if (h->until_ms < first)
+            first = h->until_ms;
+    uint64_t wait = first > now ? first - now : 0;
+    struct timeval tv = {.tv_sec = (time_t)(wait / 1000), .tv_usec = (suseconds_t)(wait % 1000) * 1000};
+    evtimer_add(rb->hold_timer, &tv);
+}
+
+static void on_hold_timer(evutil_socket_t fd, short what, void *arg)
+{
+    remote_backend_t *rb = arg;
+    uint64_t now = now_mono_ms();
+    release_held_where(rb, held_expired, &now);
+    arm_hold_timer(rb);
+}
+
 static void *remote_acquire(backend_t *b, const fn_config_t *cfg, int total_reserved,
                             backend_acquired_fn cb, void *arg)
 {
@@ -307,10 +473,19 @@ static void *remote_acquire(backend_t *b, const fn_config_t *cfg, int total_rese
     p->params = json_pack("{s:o,s:i}", "config", fn_config_to_json(cfg), "total_reserved",
                           group_total_reserved(rb, shard, total_reserved));
     p->give_up_ms = now_mono_ms() + ACQUIRE_GIVE_UP_MS;
+    snprintf(p->config_key, sizeof p->config_key, "%s", cfg->config_key ? cfg->config_key : "");
     p->next = rb->pending;
     if (rb->pending)
         rb->pending->prev = p;
     rb->pending = p;
+    /* Reserved concurrency 0 throttles every invoke: never from a hold. */
+    if (cfg->reserved_concurrency != 0)
+        p->from_hold = take_held(rb, p->config_key);
+    if (p->from_hold) { /* answered on the next loop turn: never synchronously */
+        rb->held_reused++;
+        retry_later(p, 0);
+        return p;
+    }
     send_acquire(p);
     return p;
 }
@@ -405,13 +580,28 @@ static void release_now(asg_group_t *g, const backend_lease_t *lease, env_fate_t
 static void remote_release(backend_t *b, const backend_lease_t *lease, env_fate_t fate)
 {
     remote_backend_t *rb = (remote_backend_t *)b;
-    int shard = lease->shard >= 0 && lease->shard < rb->n_groups ? lease->shard : 0;
-    release_now(&rb->groups[shard], lease, fate);
+    if (fate == ENV_FATE_KEPT && rb->hold_ms > 0 && lease->config_key[0] &&
+        now_mono_ms() < lease->holdable_until_ms) {
+        held_lease_t *h = xcalloc(1, sizeof *h);
+        h->lease = *lease;
+        h->until_ms = now_mono_ms() + (uint64_t)rb->hold_ms;
+        h->next = rb->held;
+        rb->held = h;
+        arm_hold_timer(rb);
+        return;
+    }
+    release_now(lease_group(rb, lease), lease, fate);
+    /* Its worker lost the environment (restarted, reconciled): the others
+     * held on that worker are likely gone too; let the leader sort them out
+     * rather than spend a redelivery on each. */
+    if (fate == ENV_FATE_DEAD)
+        release_held_where(rb, held_on_worker, lease->worker);
 }
 
 static void remote_function_changed(backend_t *b, const char *name, store_t *store)
 {
     remote_backend_t *rb = (remote_backend_t *)b;
+    release_held_where(rb, held_of_function, name); /* before the leader retires what it no longer wants */
     json_t *keep = json_array();
     fn_config_t *cfg = NULL;
     if (store_resolve(store, name, "$LATEST", &cfg, NULL) == 0) {
@@ -582,6 +772,12 @@ static void remote_status(backend_t *b, json_t *status)
     json_object_set_new(status, "assignment_shards", shards);
     json_object_set_new(status, "placement",
                         rb->fleet_status ? json_deep_copy(rb->fleet_status) : json_object());
+    int held = 0;
+    for (held_lease_t *h = rb->held; h; h = h->next)
+        held++;
+    json_object_set_new(status, "warm_hold",
+                        json_pack("{s:i,s:i,s:I}", "hold_ms", rb->hold_ms, "held", held, "reused",
+                                  (json_int_t)rb->held_reused));
     /* The supervisor's view of the role processes (flicker up), if any. */
     if (rb->roles_path) {
         json_t *roles = json_load_file(rb->roles_path, 0, NULL);
@@ -596,6 +792,17 @@ static void remote_status(backend_t *b, json_t *status)
 static void remote_free(backend_t *b)
 {
     remote_backend_t *rb = (remote_backend_t *)b;
+    if (rb->n_groups > 0) { /* give held leases back while the connections are up */
+        release_held_where(rb, held_any, NULL);
+        for (pending_acquire_t *p = rb->pending; p; p = p->next)
+            if (p->from_hold) {
+                release_now(p->g, &p->from_hold->lease, ENV_FATE_KEPT);
+                free(p->from_hold);
+                p->from_hold = NULL;
+            }
+    }
+    if (rb->hold_timer)
+        event_free(rb->hold_timer);
     for (int k = 0; k < rb->n_groups; k++) {
         asg_group_t *g = &rb->groups[k];
         for (int i = 0; i < g->n_replicas; i++) {
@@ -686,6 +893,11 @@ backend_t *backend_remote_new(struct event_base *base, const char *assignment_ad
             return NULL;
         }
     }
+    rb->hold_ms = WARM_HOLD_MS;
+    const char *hold = getenv("FLICKER_WARM_HOLD_MS"); /* tests: 0 turns it off */
+    if (hold && *hold)
+        rb->hold_ms = atoi(hold);
+    rb->hold_timer = evtimer_new(base, on_hold_timer, rb);
     rb->status_timer = evtimer_new(base, on_status_timer, rb);
     event_active(rb->status_timer, 0, 0);
     return &rb->base;

@@ -1714,10 +1714,12 @@ static void op_concurrency(ctx_t *c, const char *ref, const char *method)
         goto out;
     }
     if (!strcmp(method, "DELETE")) {
-        if (store_set_reserved(c->s, name, -1, &e) < 0)
+        if (store_set_reserved(c->s, name, -1, &e) < 0) {
             server_error(c, &e);
-        else
+        } else {
+            notify(c, name);
             ok(c, 204, NULL);
+        }
         goto out;
     }
     json_t *rv;
@@ -1743,6 +1745,7 @@ static void op_concurrency(ctx_t *c, const char *ref, const char *method)
         server_error(c, &e);
         goto out;
     }
+    notify(c, name); /* a frontend's held leases must not outlive a new limit */
     ok(c, 200, json_pack("{s:I}", "ReservedConcurrentExecutions", (json_int_t)want));
 out:
     free(name);
