@@ -66,7 +66,10 @@
 #define WARM_HOLD_MIN_SPARE 8
 /* ... and for this long after the hand-out: then the environment goes
  * back once and the next acquire asks the leader, which says how much
- * room there is now. */
+ * room there is now.  The new hand-out also restarts the leader's sweep
+ * count (two sightings SWEEP_MS apart of an environment busy in its table
+ * and idle on its worker mean its holder is gone), so this must stay well
+ * below the sweep's 5 s. */
 #define WARM_HOLD_RENEW_MS 1000
 
 typedef struct worker_client {

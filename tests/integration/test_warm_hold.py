@@ -179,3 +179,28 @@ def test_a_held_lease_is_given_back_instead_of_a_throttle(spawn):
         t.join(120 * SLOW)
     for i, res in results.items():
         assert not isinstance(res, Exception) and res.status == 200, f"slow invoke {i}: {res!r}"
+
+
+def test_the_sweep_leaves_a_held_lease_in_use_alone(spawn):
+    """Between two invocations a held environment is busy in the leader's
+    table and idle on its worker: what the leader's sweep (every 5 s, two
+    sightings) looks for to reclaim leases whose holder died.  A held lease
+    goes back once a second (and is handed out anew, which starts the
+    sweep's count over), so a sequential caller that keeps one environment
+    for 12 s, over two sweeps, never has it reclaimed."""
+    srv = spawn(keep_alive=120)
+    c = srv.client(read_timeout=60)
+    name = "hold-sweep-" + uuid.uuid4().hex[:6]
+    create_function(c, name, "py_echo")
+    assert do_invoke(c, name, {}).status == 200
+    before = hold_of(srv)["reused"]
+    deadline = time.time() + 12
+    n = 0
+    while time.time() < deadline:
+        r = do_invoke(c, name, {"n": n})
+        assert r.status == 200 and r.json["event"] == {"n": n}
+        n += 1
+    assert hold_of(srv)["reused"] > before, "the hold never served an invoke"
+    assert "made idle" not in srv.log_text(all_generations=True), \
+        "the sweep reclaimed an environment that was in use"
+    assert len(table_states(srv, name)) == 1
