@@ -53,7 +53,7 @@ class Cluster:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tag = uuid.uuid4().hex[:4]
-        self.net = netns.Net(self.tag)
+        self.net = netns.Net(self.tag, subnet=SUBNET)
         self.data = self.workdir / "data"
         self.ips = [self.net.ip(n) for n in (1, 2, 3)]
         self.endpoints = ",".join(f"http://{ip}:2379" for ip in self.ips)
@@ -316,23 +316,19 @@ def settle_cluster(c, res, timeout):
 
 def run_host_scenario(which, build, workroot, timing):
     res = Result({"host": "host", "etcd-member": "etcd-member"}[which])
-    saved = netns.SUBNET, netns.ROOT_IP
-    netns.SUBNET, netns.ROOT_IP = SUBNET, f"{SUBNET}.254"
-    try:
-        # The subnet may be taken for a while by another run of this suite.
-        deadline = time.monotonic() + 120
-        while True:
-            reason = netns.unavailable_reason()
-            if not reason or "already configured" not in reason or time.monotonic() > deadline:
-                break
-            time.sleep(2)
-        if reason:
-            res.verdict = "SKIPPED"
-            res.fault = "skipped: " + " ".join(reason.split())[:120]
-            return res
-        return _run_host(res, which, build, workroot, timing)
-    finally:
-        netns.SUBNET, netns.ROOT_IP = saved
+    # The subnet (its own, not test_multihost's) may be taken for a while by
+    # another run of this suite.
+    deadline = time.monotonic() + 120
+    while True:
+        reason = netns.unavailable_reason(SUBNET)
+        if not reason or "already configured" not in reason or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    if reason:
+        res.verdict = "SKIPPED"
+        res.fault = "skipped: " + " ".join(reason.split())[:120]
+        return res
+    return _run_host(res, which, build, workroot, timing)
 
 
 def _run_host(res, which, build, workroot, timing):
