@@ -26,10 +26,10 @@
  * the hold, and another frontend is not throttled by this one's holds.
  * Throttled or NoCapacity while holding leases: release them all and ask
  * once more (they counted as busy).  A change to the function releases
- * its held leases at once; a held
- * environment that its worker lost or handed elsewhere after a failover
- * answers UnknownEnvironment or Busy, which the frontend already treats as
- * "not delivered" (release, acquire again).
+ * its held leases at once; a held environment that its worker lost or
+ * handed elsewhere after a failover answers UnknownEnvironment or Busy,
+ * which the frontend already treats as "not delivered" (release, acquire
+ * again), and the other leases held on that worker go back with it.
  *
  * Which replica leads is one shared belief per group (g->leader), moved by NotLeader
  * hints, by the background asg.status refresh and by transport failures.
