@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from harness import SLOW, create_function, do_invoke
+from harness import SLOW, create_function, do_invoke, wait_until
 
 
 def status(srv):
@@ -46,16 +46,6 @@ def role_of(pid):
     return cmd[cmd.index(b"serve") + 1].decode() if b"serve" in cmd[:-1] else None
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sequential_invokes_reuse_the_held_lease(spawn):
     srv = spawn(keep_alive=120, env={"FLICKER_WARM_HOLD_MS": "2000"})
     c = srv.client(read_timeout=60)
@@ -71,24 +61,32 @@ def test_sequential_invokes_reuse_the_held_lease(spawn):
     assert after["reused"] - before >= 9, after
     # One environment served all ten, and the leader counts it busy while
     # the frontend holds it (within the refresh of the frontend's status).
-    wait_for(lambda: table_states(srv, name), 10 * SLOW, "the table to list the environment")
+    wait_until(lambda: table_states(srv, name), 10 * SLOW,
+               what="the table to list the environment")
     states = table_states(srv, name)
     assert len(states) == 1, states
     # The hold expires: the release reaches the leader and the environment
     # is idle again.
-    wait_for(lambda: list(table_states(srv, name).values()) == ["idle"], 15 * SLOW,
-             "the held environment to be released")
+    wait_until(lambda: list(table_states(srv, name).values()) == ["idle"], 15 * SLOW,
+               what="the held environment to be released")
     assert hold_of(srv)["held"] == 0
 
 
-def test_a_change_releases_held_leases_at_once(spawn):
-    # A hold far longer than the test: only the change can release it.
+def one_held_lease(spawn, prefix):
+    """A server whose frontend holds leases far longer than any test (only
+    what the test does can release them), and a function invoked once, its
+    lease now held.  Returns (server, client, function name)."""
     srv = spawn(keep_alive=120, env={"FLICKER_WARM_HOLD_MS": "600000"})
     c = srv.client(read_timeout=60)
-    name = "hold-change-" + uuid.uuid4().hex[:6]
+    name = prefix + uuid.uuid4().hex[:6]
     create_function(c, name, "py_echo")
     assert do_invoke(c, name, {"n": 1}).status == 200
     assert hold_of(srv)["held"] == 1
+    return srv, c, name
+
+
+def test_a_change_releases_held_leases_at_once(spawn):
+    srv, c, name = one_held_lease(spawn, "hold-change-")
     c.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=0)
     assert hold_of(srv)["held"] == 0
     from botocore.exceptions import ClientError
@@ -100,16 +98,11 @@ def test_a_change_releases_held_leases_at_once(spawn):
     assert r.status == 200 and r.json["event"] == {"n": 3}
     # The environment was given back, not leaked busy: after the change it
     # served again warm (one environment in the table for the function).
-    wait_for(lambda: len(table_states(srv, name)) == 1, 10 * SLOW, "the table")
+    wait_until(lambda: len(table_states(srv, name)) == 1, 10 * SLOW, what="the table")
 
 
 def test_a_held_environment_whose_worker_died_is_redelivered(spawn):
-    srv = spawn(keep_alive=120, env={"FLICKER_WARM_HOLD_MS": "600000"})
-    c = srv.client(read_timeout=60)
-    name = "hold-worker-" + uuid.uuid4().hex[:6]
-    create_function(c, name, "py_echo")
-    assert do_invoke(c, name, {"n": 1}).status == 200
-    assert hold_of(srv)["held"] == 1
+    srv, c, name = one_held_lease(spawn, "hold-worker-")
     workers = [p for p in srv.descendants() if role_of(p) == "worker"]
     assert workers, "no worker process found"
     for p in workers:
@@ -121,7 +114,7 @@ def test_a_held_environment_whose_worker_died_is_redelivered(spawn):
         except Exception:  # noqa: BLE001 - the worker is being restarted
             return None
         return r if r.status == 200 else None
-    r = wait_for(served, 60 * SLOW, "an invoke after the worker was killed")
+    r = wait_until(served, 60 * SLOW, what="an invoke after the worker was killed")
     assert r.json["event"] == {"n": 2}
 
 
@@ -170,8 +163,8 @@ def test_a_held_lease_is_given_back_instead_of_a_throttle(spawn):
     threads = [threading.Thread(target=slow, args=(i,), daemon=True) for i in range(9)]
     for t in threads:
         t.start()
-    wait_for(lambda: all(f"STARTED {tag}-{i}" in srv.logs(b)[0] for i in range(9)), 90 * SLOW,
-             "nine slow invokes running")
+    wait_until(lambda: all(f"STARTED {tag}-{i}" in srv.logs(b)[0] for i in range(9)), 90 * SLOW,
+               what="nine slow invokes running")
     r = do_invoke(c, b, {"tenth": True})
     assert r.status == 200 and r.json["event"] == {"tenth": True}
     assert hold_of(srv)["held"] == 0
