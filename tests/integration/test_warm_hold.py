@@ -141,7 +141,9 @@ def test_a_held_lease_is_given_back_instead_of_a_throttle(spawn):
     it was handed out).  Nine slow invokes of B take the account to its
     limit with A's held lease; a tenth B is first refused by the leader,
     the frontend gives A's lease back and asks again, and the client never
-    sees the 429 that releasing at once would have avoided."""
+    sees the 429 that releasing at once would have avoided.  (With slow
+    cold starts the leader's sweep may reclaim A's unused lease first: the
+    tenth must succeed either way.)"""
     srv = spawn("--account-concurrency", "10", keep_alive=120,
                 env={"FLICKER_WARM_HOLD_MS": "600000"})
     c = srv.client(read_timeout=60)
@@ -167,7 +169,13 @@ def test_a_held_lease_is_given_back_instead_of_a_throttle(spawn):
                what="nine slow invokes running")
     r = do_invoke(c, b, {"tenth": True})
     assert r.status == 200 and r.json["event"] == {"tenth": True}
-    assert hold_of(srv)["held"] == 0
+    # The frontend gave A's lease back on the leader's Throttled.  Unless
+    # the nine cold starts took over two sweeps (microVMs under emulation):
+    # then the leader's sweep had already reclaimed A's unused environment,
+    # the tenth was never throttled, and A's lease is still in the hold
+    # (this 600 s hold is a test's; a real one lasts 10 ms).
+    reclaimed = "made idle" in srv.log_text(all_generations=True)
+    assert hold_of(srv)["held"] == 0 or reclaimed, "neither given back nor reclaimed"
     for t in threads:
         t.join(120 * SLOW)
     for i, res in results.items():
